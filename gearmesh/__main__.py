@@ -1,0 +1,5 @@
+import sys
+
+from gearmesh.cli import main
+
+sys.exit(main())

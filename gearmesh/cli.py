@@ -1,0 +1,214 @@
+"""`gearmesh` command line: the composition root.
+
+This is the one place that knows both layers: it builds a node from `node/`
+and, only when `--etcd` is given, attaches the cluster layer from `cluster/`
+(so a standalone node never imports gRPC or etcd code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import NoReturn
+
+from node.config import ConfigError, NodeConfig, add_serve_arguments, config_from_args
+from node.store import StoreError
+
+log = logging.getLogger("gearmesh")
+
+_LEVELS = {"FATAL": logging.CRITICAL, "ALERT": logging.CRITICAL, "CRITICAL": logging.CRITICAL,
+           "ERROR": logging.ERROR, "WARNING": logging.WARNING, "NOTICE": logging.WARNING,
+           "INFO": logging.INFO, "DEBUG": logging.DEBUG}
+
+
+class Parser(argparse.ArgumentParser):
+    """Errors are one line and exit 2, never a usage dump or a traceback."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"gearmesh: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="gearmesh", description="A Gearman job server that runs as a cluster.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    serve = sub.add_parser("serve", help="run a node",
+                           description="Run a gearmesh node (flags follow gearmand's).")
+    add_serve_arguments(serve)
+    from gearmesh import bench
+    b = sub.add_parser("bench", help="load-test any Gearman server or cluster",
+                       description="Load-test any Gearman server or cluster.")
+    if hasattr(bench, "add_arguments"):
+        bench.add_arguments(b)
+    st = sub.add_parser("status", help="cluster-wide view: functions, nodes, workers")
+    st.add_argument("--etcd", default=os.environ.get("GEARMESH_ETCD"),
+                    help="etcd endpoints (or GEARMESH_ETCD)")
+    st.add_argument("--etcd-prefix", default=os.environ.get("GEARMESH_ETCD_PREFIX", "/gearmesh"))
+    st.add_argument("--servers", default=None,
+                    help="host:port list to ask instead of etcd (per-node admin status)")
+    st.add_argument("--json", action="store_true")
+    return p
+
+
+def setup_logging(cfg: NodeConfig) -> None:
+    level = _LEVELS.get(cfg.verbose, logging.ERROR)
+    # Start-up, shutdown and replay are logged at WARNING so an operator sees
+    # them with the default level.
+    level = min(level, logging.WARNING)
+    root = logging.getLogger()
+    root.handlers.clear()
+    if cfg.log_file == "none":
+        root.addHandler(logging.NullHandler())
+    else:
+        handler: logging.Handler
+        if cfg.log_file == "stderr":
+            handler = logging.StreamHandler(sys.stderr)
+        else:
+            try:
+                handler = logging.FileHandler(cfg.log_file)
+            except OSError as e:
+                fail(f"cannot open log file {cfg.log_file}: {e.strerror}")
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _check_user(user: str | None) -> None:
+    if user is None:
+        return
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        fail(f"unknown user {user!r} (-u)")
+    if os.getuid() != 0 and os.getuid() != pw.pw_uid:
+        fail(f"-u {user} needs root")
+
+
+def _daemonize() -> int:
+    """Fork into the background; the parent exits with the child's start-up
+    status, so `gearmesh serve -d` still reports a port in use. Returns the
+    fd the child writes its status to."""
+    r, w = os.pipe()
+    if os.fork() > 0:
+        os.close(w)
+        status = os.read(r, 1)
+        os._exit(0 if status == b"0" else 2)
+    os.close(r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    return w
+
+
+async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
+    from node.server import Node, drop_privileges
+
+    node = Node(cfg)
+    try:
+        node.open_store()
+        await asyncio.get_running_loop().run_in_executor(None, node.replay)
+    except StoreError as e:
+        log.error("%s", e)
+        print(f"gearmesh: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        await node.listen()
+        await node.start_http()
+    except OSError as e:
+        msg = f"cannot listen on {cfg.listen}:{cfg.port} / http {cfg.http_port}: {e.strerror or e}"
+        log.error("%s", msg)
+        print(f"gearmesh: error: {msg}", file=sys.stderr)
+        return 2
+    if cfg.etcd:
+        from cluster.attach import attach_cluster
+        node.extensions.append(attach_cluster(node, cfg))
+    if cfg.user:
+        if os.getuid() == 0:
+            _chown_tree(cfg.data_dir, cfg.user)
+        drop_privileges(cfg.user)
+    try:
+        await node.start_extensions()
+    except Exception as e:
+        log.exception("cluster start failed")
+        print(f"gearmesh: error: cluster start failed: {e}", file=sys.stderr)
+        return 2
+    if cfg.pid_file:
+        try:
+            with open(cfg.pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as e:
+            print(f"gearmesh: error: cannot write pid file {cfg.pid_file}: {e.strerror}",
+                  file=sys.stderr)
+            return 2
+    node.install_signals()
+    log.warning("gearmesh node %s listening on %s:%d (queue %s)", cfg.effective_node_id,
+                cfg.listen, node.port, cfg.queue)
+    if ready_fd is not None:
+        os.write(ready_fd, b"0")
+        os.close(ready_fd)
+    await node.wait_stopped()
+    if cfg.pid_file:
+        try:
+            os.unlink(cfg.pid_file)
+        except OSError:
+            pass
+    log.warning("gearmesh node stopped")
+    return 0
+
+
+def _chown_tree(path: os.PathLike[str] | str, user: str) -> None:
+    import pwd
+    pw = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            os.chown(name, pw.pw_uid, pw.pw_gid)
+
+
+def serve(ns: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(ns)
+    except ConfigError as e:
+        fail(str(e))
+    cfg.data_dir = cfg.data_dir.absolute()
+    _check_user(cfg.user)
+    if cfg.pid_file:
+        cfg.pid_file = os.path.abspath(cfg.pid_file)
+    if cfg.log_file not in ("stderr", "none"):
+        cfg.log_file = os.path.abspath(cfg.log_file)
+    ready_fd = _daemonize() if cfg.daemon else None
+    setup_logging(cfg)
+    try:
+        import uvloop
+        return uvloop.run(_serve(cfg, ready_fd))
+    except ImportError:
+        return asyncio.run(_serve(cfg, ready_fd))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.command == "serve":
+        return serve(ns)
+    if ns.command == "bench":
+        from gearmesh import bench
+        return bench.run(ns)
+    if ns.command == "status":
+        from gearmesh.status import run_status
+        return run_status(ns)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

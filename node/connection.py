@@ -1,0 +1,118 @@
+"""One TCP connection: bytes in → codec → job manager; replies out.
+
+Thin on purpose. It owns flow control: while the peer does not read its
+replies the connection stops reading its requests, and a peer whose unread
+output passes the hard limit is disconnected rather than allowed to grow the
+node's memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from node import protocol as P
+from node.session import Session
+
+if TYPE_CHECKING:
+    from node.server import Node
+
+log = logging.getLogger("gearmesh.connection")
+
+
+class GearmanConnection(asyncio.Protocol):
+    __slots__ = ("_decoder", "_node", "_paused", "_transport", "session")
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._decoder = P.Decoder(node.config.max_packet)
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self.session: Session | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses but quack alike.
+        self._transport = transport  # type: ignore[assignment]
+        node = self._node
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "-"
+        fd = sock.fileno() if sock is not None else -1
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+        if not node.admit(self):
+            transport.abort()
+            return
+        high = node.config.max_output_buffer
+        transport.set_write_buffer_limits(high=max(65536, high // 16))
+        self.session = Session(node.new_session_id(), self._write, ip, fd)
+        node.manager.attach(self.session)
+
+    def _write(self, data: bytes) -> None:
+        t = self._transport
+        if t is None:
+            return
+        t.write(data)
+        if self._paused and t.get_write_buffer_size() > self._node.config.max_output_buffer:
+            log.warning("closing %s: %d bytes of replies unread", self.session,
+                        t.get_write_buffer_size())
+            self._node.counters.protocol_errors += 1
+            t.abort()
+
+    def data_received(self, data: bytes) -> None:
+        s = self.session
+        if s is None:
+            return
+        handlers = self._node.manager.handlers
+        for ev in self._decoder.feed(data):
+            ptype = ev[0]
+            if ptype > 0:
+                try:
+                    handlers[ptype](s, ev[1])
+                except Exception:
+                    # A bug must cost this request, not the node or other clients.
+                    log.exception("error handling packet type %d from %s", ptype, s.peer)
+                    s.send(P.error_packet(b"SERVER_ERROR", b"Internal error"))
+            elif ptype == P.TEXT:
+                reply = self._node.admin.handle(s, ev[1])
+                if reply is None:
+                    self._close()
+                    return
+                s.send(reply)
+            else:
+                _, code, text, close = ev
+                self._node.counters.protocol_errors += 1
+                s.send(P.error_packet(code, text))
+                if close:
+                    log.info("closing %s: %s", s.peer, text.decode(errors="replace"))
+                    self._close()
+                    return
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def pause_writing(self) -> None:
+        # The peer is not reading: stop taking its requests until it does.
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        s = self.session
+        self._transport = None
+        if s is not None:
+            self.session = None
+            self._node.manager.detach(s)
+        self._node.release(self)

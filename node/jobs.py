@@ -1,0 +1,878 @@
+"""The job manager: the job table, per-function priority queues, coalescing,
+the worker registry and wake-ups, retries, timeouts and epoch scheduling.
+
+Pure logic, driven by method calls: it never touches a socket. It talks to
+peers only through :class:`node.session.Session` (``send``/``reserve``/``fill``)
+and to time through a :class:`Clock`, so the tests drive it with fake ones.
+
+Where gearmand 1.1.20 loses data or hangs a client we do the safe thing
+instead; each such place says so and docs/compatibility.md lists them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from node import protocol as P
+from node.session import Session, Slot
+from node.stats import Counters, FunctionStat
+from node.store import MemoryStore, Store, StoredJob
+
+log = logging.getLogger("gearmesh.jobs")
+
+HIGH: Final = 0
+NORMAL: Final = 1
+LOW: Final = 2
+
+# Job states.
+PENDING: Final = 0  # background job waiting for its commit: coalescable, not runnable
+QUEUED: Final = 1
+DELAYED: Final = 2  # epoch job whose time has not come
+RUNNING: Final = 3
+GONE: Final = 4  # completed, failed, cancelled or abandoned
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock seconds (epoch jobs are in Unix time)."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+
+@dataclass(slots=True)
+class ManagerConfig:
+    handle_prefix: bytes = b"H:gearmesh"
+    job_retries: int = 0  # 0 = unlimited, as in gearmand 1.1.20
+    max_unique: int = 64
+    max_jobs: int = 0  # 0 = unlimited
+    all_exceptions: bool = False  # gearmand --exceptions
+
+
+class Function:
+    __slots__ = ("dash", "delayed", "limits", "name", "pending", "queued", "queues", "running",
+                 "sleepers", "uniques", "waking", "workers")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        self.queued = 0  # runnable jobs in the queues (lazily removed ones excluded)
+        self.delayed = 0
+        self.pending = 0
+        self.running = 0
+        self.workers = 0  # registrations, duplicates included (as gearmand counts them)
+        self.sleepers: dict[Session, None] = {}  # asleep, not yet NOOPed; oldest first
+        self.waking = 0  # NOOPed sessions that have not grabbed yet
+        self.uniques: dict[bytes, Job] = {}
+        self.dash: dict[bytes, Job] = {}  # unique "-": coalesce on the payload
+        self.limits = [0, 0, 0]  # maxqueue per priority
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.delayed + self.pending + self.running
+
+
+class Job:
+    __slots__ = ("bg", "den", "fn", "id", "listeners", "num", "payload", "priority", "reducer",
+                 "retries", "state", "stored", "timer", "unique", "waiters", "when", "worker")
+
+    def __init__(self, jid: int, fn: Function, unique: bytes, payload: bytes, priority: int,
+                 bg: bool, when: int, reducer: bytes) -> None:
+        self.id = jid
+        self.fn = fn
+        self.unique = unique
+        self.payload = payload
+        self.priority = priority
+        self.bg = bg
+        self.when = when
+        self.reducer = reducer
+        self.retries = 0
+        self.state = QUEUED
+        self.worker: Session | None = None
+        self.num = 0
+        self.den = 0
+        self.listeners: list[Session] | None = None  # foreground submitters, duplicates kept
+        self.waiters: list[tuple[Session, Slot]] | None = None  # background submitters awaiting commit
+        self.timer: TimerHandle | None = None
+        self.stored = False
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.fn.name!r} {self.unique!r} state={self.state}>"
+
+
+def c_atoi(text: bytes) -> int:
+    """C atoi/strtol on bytes: optional blanks, sign, digits; junk ends it."""
+    s = text.lstrip(b" \t\n\r\v\f")
+    sign = 1
+    if s[:1] in (b"-", b"+"):
+        sign = -1 if s[:1] == b"-" else 1
+        s = s[1:]
+    n = 0
+    for c in s:
+        if 48 <= c <= 57:
+            n = n * 10 + c - 48
+        else:
+            break
+    return sign * n
+
+
+def _u32(n: int) -> int:
+    return n & 0xFFFFFFFF
+
+
+_SUBMITS: Final = {
+    P.SUBMIT_JOB: (NORMAL, False),
+    P.SUBMIT_JOB_HIGH: (HIGH, False),
+    P.SUBMIT_JOB_LOW: (LOW, False),
+    P.SUBMIT_JOB_BG: (NORMAL, True),
+    P.SUBMIT_JOB_HIGH_BG: (HIGH, True),
+    P.SUBMIT_JOB_LOW_BG: (LOW, True),
+}
+
+_NOT_FOUND_DATA: Final = P.error_packet(b"JOB_NOT_FOUND", b"Job does not exist on server")
+_NOT_FOUND_RESULT: Final = P.error_packet(b"JOB_NOT_FOUND", b"Job given in work result not found")
+_NOT_FOUND_EXC: Final = P.error_packet(
+    b"JOB_NOT_FOUND", b"An exception was received for a job that does not exist")
+_HANDLE_TOO_LARGE: Final = P.error_packet(
+    b"ARGUMENT_TOO_LARGE",
+    b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf")
+_UNIQUE_TOO_LARGE: Final = P.error_packet(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+_QUEUE_FULL: Final = P.error_packet(b"QUEUE_ERROR", b"Job queue is full")
+_STORE_FAILED: Final = b"QUEUE_ERROR"
+_UNKNOWN_OPTION: Final = P.error_packet(b"UNKNOWN_OPTION", b"Server does not recognize given option")
+
+
+class JobManager:
+    def __init__(self, clock: Clock, config: ManagerConfig | None = None,
+                 store: Store | None = None, counters: Counters | None = None) -> None:
+        self.clock = clock
+        self.config = config or ManagerConfig()
+        self.store: Store = store or MemoryStore()
+        self.counters = counters or Counters()
+        self.prefix = self.config.handle_prefix + b":"
+        self.functions: dict[bytes, Function] = {}
+        self.jobs: dict[int, Job] = {}
+        self.sessions: dict[int, Session] = {}
+        self.next_id = 1
+        self._delayed: list[tuple[int, int]] = []  # heap of (when, job id)
+        self._delay_timer: TimerHandle | None = None
+        self._delay_at = 0.0
+        self.on_idle: Callable[[], None] | None = None  # called when the last job leaves
+        handlers: list[Callable[[Session, tuple[bytes, ...]], None]] = [self._invalid] * 43
+        for ptype, (prio, bg) in _SUBMITS.items():
+            handlers[ptype] = self._submit_handler(prio, bg)
+        handlers[P.SUBMIT_JOB_EPOCH] = self._submit_epoch
+        handlers[P.SUBMIT_REDUCE_JOB] = self._submit_reduce
+        handlers[P.SUBMIT_REDUCE_JOB_BACKGROUND] = self._submit_reduce_bg
+        handlers[P.CAN_DO] = self._can_do
+        handlers[P.CAN_DO_TIMEOUT] = self._can_do_timeout
+        handlers[P.CANT_DO] = self._cant_do
+        handlers[P.RESET_ABILITIES] = self._reset_abilities
+        handlers[P.PRE_SLEEP] = self._pre_sleep
+        handlers[P.GRAB_JOB] = self._grab_job
+        handlers[P.GRAB_JOB_UNIQ] = self._grab_job_uniq
+        handlers[P.GRAB_JOB_ALL] = self._grab_job_all
+        handlers[P.WORK_STATUS] = self._work_status
+        handlers[P.WORK_DATA] = self._work_data
+        handlers[P.WORK_WARNING] = self._work_warning
+        handlers[P.WORK_COMPLETE] = self._work_complete
+        handlers[P.WORK_FAIL] = self._work_fail
+        handlers[P.WORK_EXCEPTION] = self._work_exception
+        handlers[P.GET_STATUS] = self._get_status
+        handlers[P.GET_STATUS_UNIQUE] = self._get_status_unique
+        handlers[P.ECHO_REQ] = self._echo
+        handlers[P.OPTION_REQ] = self._option
+        handlers[P.SET_CLIENT_ID] = self._set_client_id
+        self.handlers = handlers
+
+    # ------------------------------------------------------------------ sessions
+
+    def attach(self, session: Session) -> None:
+        if self.config.all_exceptions:
+            session.exceptions = True
+        self.sessions[session.id] = session
+
+    def detach(self, s: Session) -> None:
+        """The peer is gone: requeue what it ran, detach what it waited on."""
+        s.closed = True
+        self.sessions.pop(s.id, None)
+        self._unwake(s)
+        self._stop_sleeping(s)
+        for fn, _ in s.regs:
+            fn.workers -= 1
+        s.regs = []
+        for job in list(s.held):
+            self._requeue(job)
+        s.held.clear()
+        for job in s.listening:
+            self._drop_listener(job, s)
+        s.listening.clear()
+
+    def handle(self, s: Session, ptype: int, args: tuple[bytes, ...]) -> None:
+        self.handlers[ptype](s, args)
+
+    # ------------------------------------------------------------------ helpers
+
+    def handle_of(self, job: Job) -> bytes:
+        return self.prefix + str(job.id).encode()
+
+    def job_by_handle(self, handle: bytes) -> Job | None:
+        prefix = self.prefix
+        if not handle.startswith(prefix):
+            return None
+        digits = handle[len(prefix):]
+        if not digits.isdigit() or len(digits) > 19:
+            return None
+        return self.jobs.get(int(digits))
+
+    def function(self, name: bytes) -> Function:
+        fn = self.functions.get(name)
+        if fn is None:
+            fn = self.functions[name] = Function(name)
+        return fn
+
+    def _invalid(self, s: Session, args: tuple[bytes, ...]) -> None:
+        s.send(P.ERR_INVALID_COMMAND)
+
+    # ------------------------------------------------------------------ submits
+
+    def _submit_handler(self, prio: int, bg: bool) -> Callable[[Session, tuple[bytes, ...]], None]:
+        def handler(s: Session, args: tuple[bytes, ...]) -> None:
+            self.submit(s, args[0], args[1], args[2], prio, bg)
+        return handler
+
+    def _submit_epoch(self, s: Session, args: tuple[bytes, ...]) -> None:
+        when = c_atoi(args[2])
+        if not -(2**63) <= when < 2**63:
+            s.send(P.error_packet(b"INVALID_ARGUMENT", b"Epoch time out of range"))
+            return
+        self.submit(s, args[0], args[1], args[3], NORMAL, True, max(when, 0))
+
+    def _submit_reduce(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self.submit(s, args[0], args[1], args[4], NORMAL, False, 0, args[2])
+
+    def _submit_reduce_bg(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self.submit(s, args[0], args[1], args[4], NORMAL, True, 0, args[2])
+
+    def submit(self, s: Session, name: bytes, unique: bytes, payload: bytes, priority: int,
+               bg: bool, when: int = 0, reducer: bytes = b"") -> Job | None:
+        if len(unique) > self.config.max_unique:
+            self.counters.rejected += 1
+            s.send(_UNIQUE_TOO_LARGE)
+            return None
+        fn = self.functions.get(name) or self.function(name)
+        index: dict[bytes, Job] | None = None
+        key = unique
+        if unique:
+            if unique == b"-":
+                if payload:
+                    index = fn.dash
+                    key = payload
+            else:
+                index = fn.uniques
+            if index is not None:
+                job = index.get(key)
+                if job is not None:
+                    self._coalesce(s, job, bg)
+                    return job
+        limit = fn.limits[priority]
+        if (limit and fn.total >= limit) or (
+                self.config.max_jobs and len(self.jobs) >= self.config.max_jobs):
+            self.counters.rejected += 1
+            s.send(_QUEUE_FULL)
+            return None
+        jid = self.next_id
+        self.next_id = jid + 1
+        job = Job(jid, fn, unique, payload, priority, bg, when, reducer)
+        self.jobs[jid] = job
+        if index is not None:
+            index[key] = job
+        self.counters.submitted += 1
+        if not bg:
+            job.listeners = [s]
+            s.listening.add(job)
+            s.send(P.packet(P.JOB_CREATED, self.prefix + str(jid).encode()))
+            self._make_runnable(job)
+        elif self.store.durable:
+            job.state = PENDING
+            fn.pending += 1
+            job.waiters = [(s, s.reserve())]
+            self._store(job)
+        else:
+            s.send(P.packet(P.JOB_CREATED, self.prefix + str(jid).encode()))
+            self._make_runnable(job)
+        return job
+
+    def _coalesce(self, s: Session, job: Job, bg: bool) -> None:
+        self.counters.coalesced += 1
+        if bg:
+            # gearmand loses a background job that a foreground client coalesced
+            # onto when that client leaves; here the job stays background.
+            job.bg = True
+            if job.state == PENDING:
+                assert job.waiters is not None
+                job.waiters.append((s, s.reserve()))
+                return
+            if self.store.durable and not job.stored:
+                # A foreground job became background: make it durable before
+                # promising it is.
+                job.waiters = [(s, s.reserve())]
+                self._store(job)
+                return
+        else:
+            if job.listeners is None:
+                job.listeners = [s]
+            else:
+                job.listeners.append(s)
+            s.listening.add(job)
+        s.send(P.packet(P.JOB_CREATED, self.handle_of(job)))
+
+    def _store(self, job: Job) -> None:
+        job.stored = True
+        record = StoredJob(job.id, job.fn.name, job.unique, job.priority, job.payload, job.when,
+                           job.reducer)
+        self.store.add(record, lambda err: self._committed(job, err))
+
+    def _committed(self, job: Job, err: BaseException | None) -> None:
+        waiters = job.waiters or []
+        job.waiters = None
+        if err is None:
+            created = P.packet(P.JOB_CREATED, self.handle_of(job))
+            for s, slot in waiters:
+                s.fill(slot, created)
+            if job.state == PENDING:
+                job.fn.pending -= 1
+                self._make_runnable(job)
+            elif job.state == GONE:
+                # Finished (it was foreground first) while the commit was in flight.
+                self.store.remove(job.id)
+            return
+        log.error("store commit failed for job %d: %s", job.id, err)
+        job.stored = False
+        error = P.error_packet(b"QUEUE_ERROR", _STORE_FAILED + b": " + str(err).encode()[:200])
+        for s, slot in waiters:
+            s.fill(slot, error)
+        self.counters.rejected += len(waiters)
+        if job.state == PENDING:
+            job.fn.pending -= 1
+            job.state = GONE
+            self._forget(job)
+            self._fail_listeners(job)
+
+    def _make_runnable(self, job: Job) -> None:
+        if job.when and job.when > self.clock.time():
+            job.state = DELAYED
+            job.fn.delayed += 1
+            heapq.heappush(self._delayed, (job.when, job.id))
+            if self._delay_timer is None or job.when < self._delay_at:
+                self._arm_delay_timer()
+            return
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        job.state = QUEUED
+        fn = job.fn
+        fn.queues[job.priority].append(job)
+        fn.queued += 1
+        if fn.sleepers and fn.queued > fn.waking:
+            self._ensure_awake(fn)
+
+    def _arm_delay_timer(self) -> None:
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        if not self._delayed:
+            return
+        when = self._delayed[0][0]
+        self._delay_at = when
+        self._delay_timer = self.clock.call_later(max(0.0, when - self.clock.time()),
+                                                  self._release_delayed)
+
+    def _release_delayed(self) -> None:
+        self._delay_timer = None
+        now = self.clock.time()
+        heap = self._delayed
+        while heap and heap[0][0] <= now:
+            _, jid = heapq.heappop(heap)
+            job = self.jobs.get(jid)
+            if job is not None and job.state == DELAYED:
+                job.fn.delayed -= 1
+                self._enqueue(job)
+        self._arm_delay_timer()
+
+    # ------------------------------------------------------------------ workers
+
+    def _can_do(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self.register(s, args[0], 0)
+
+    def _can_do_timeout(self, s: Session, args: tuple[bytes, ...]) -> None:
+        ms = c_atoi(args[1][:20])
+        if ms <= 0:
+            ms = 0
+        elif ms < 1000:
+            ms = 1000  # gearmand's floor
+        self.register(s, args[0], min(ms, 2**31))
+
+    def register(self, s: Session, name: bytes, timeout_ms: int) -> None:
+        fn = self.function(name)
+        s.regs.insert(0, (fn, timeout_ms))
+        s.rr = 0
+        fn.workers += 1
+        if s.asleep:
+            fn.sleepers[s] = None
+
+    def _cant_do(self, s: Session, args: tuple[bytes, ...]) -> None:
+        name = args[0]
+        self._unregister(s, lambda fn: fn.name == name)
+
+    def _reset_abilities(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self._unregister(s, lambda fn: True)
+
+    def _unregister(self, s: Session, match: Callable[[Function], bool]) -> None:
+        self._unwake(s)
+        keep = []
+        for fn, t in s.regs:
+            if match(fn):
+                fn.workers -= 1
+                fn.sleepers.pop(s, None)
+            else:
+                keep.append((fn, t))
+        s.regs = keep
+        for job in [j for j in s.held if match(j.fn)]:
+            s.held.discard(job)
+            self._requeue(job)
+
+    def _pre_sleep(self, s: Session, args: tuple[bytes, ...]) -> None:
+        for fn, _ in s.regs:
+            if fn.queued:
+                if not s.noop_sent:
+                    self._wake(s)
+                return
+        s.asleep = True
+        for fn, _ in s.regs:
+            fn.sleepers[s] = None
+
+    def _stop_sleeping(self, s: Session) -> None:
+        if s.asleep:
+            s.asleep = False
+            for fn, _ in s.regs:
+                fn.sleepers.pop(s, None)
+
+    def _wake(self, s: Session) -> None:
+        self._stop_sleeping(s)
+        s.noop_sent = True
+        woken = []
+        for fn, _ in s.regs:
+            fn.waking += 1
+            woken.append(fn)
+        s.woken = woken
+        s.send(P.NOOP_PACKET)
+
+    def _unwake(self, s: Session) -> list[Function] | None:
+        woken = s.woken
+        if woken is not None:
+            for fn in woken:
+                fn.waking -= 1
+            s.woken = None
+        s.noop_sent = False
+        return woken
+
+    def _ensure_awake(self, fn: Function) -> None:
+        """Wake sleepers until every runnable job has a worker coming for it:
+        one NOOP per job, never a worker left asleep while work waits."""
+        sleepers = fn.sleepers
+        while sleepers and fn.queued > fn.waking:
+            self._wake(next(iter(sleepers)))
+
+    def _grab_job(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self.grab(s, P.JOB_ASSIGN)
+
+    def _grab_job_uniq(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self.grab(s, P.JOB_ASSIGN_UNIQ)
+
+    def _grab_job_all(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self.grab(s, P.JOB_ASSIGN_ALL)
+
+    def grab(self, s: Session, kind: int) -> Job | None:
+        if s.asleep:
+            self._stop_sleeping(s)
+        woken = self._unwake(s) if s.noop_sent else None
+        job = self._take(s)
+        if job is None:
+            s.send(P.NO_JOB_PACKET)
+        else:
+            s.send(self.assignment(job, kind))
+        if woken:
+            for fn in woken:
+                if fn.sleepers and fn.queued > fn.waking:
+                    self._ensure_awake(fn)
+        return job
+
+    def assignment(self, job: Job, kind: int) -> bytes:
+        handle = self.prefix + str(job.id).encode()
+        fn = job.fn.name
+        if kind == P.JOB_ASSIGN:
+            return P.packet(P.JOB_ASSIGN, b"%s\0%s\0%s" % (handle, fn, job.payload))
+        if kind == P.JOB_ASSIGN_ALL and job.reducer:
+            return P.packet(P.JOB_ASSIGN_ALL, b"%s\0%s\0%s\0%s\0%s" % (
+                handle, fn, job.unique, job.reducer, job.payload))
+        return P.packet(P.JOB_ASSIGN_UNIQ, b"%s\0%s\0%s\0%s" % (handle, fn, job.unique,
+                                                                  job.payload))
+
+    def _take(self, s: Session) -> Job | None:
+        """Highest priority across the worker's functions; among equals, round
+        robin over its registrations so no function starves."""
+        regs = s.regs
+        n = len(regs)
+        if not n:
+            return None
+        best_q: deque[Job] | None = None
+        best_p = 3
+        best_i = 0
+        start = s.rr % n
+        for k in range(n):
+            i = start + k
+            if i >= n:
+                i -= n
+            fn = regs[i][0]
+            if not fn.queued:
+                continue
+            queues = fn.queues
+            for p in range(best_p):
+                q = queues[p]
+                while q and q[0].state != QUEUED:
+                    q.popleft()  # cancelled or abandoned: removed lazily
+                if q:
+                    best_q, best_p, best_i = q, p, i
+                    break
+            if best_p == HIGH:
+                break
+        if best_q is None:
+            return None
+        s.rr = best_i + 1
+        job = best_q.popleft()
+        fn = job.fn
+        fn.queued -= 1
+        fn.running += 1
+        job.state = RUNNING
+        job.worker = s
+        s.held.add(job)
+        timeout = regs[best_i][1]
+        if timeout:
+            job.timer = self.clock.call_later(timeout / 1000.0, lambda: self._timed_out(job, s))
+        return job
+
+    def _timed_out(self, job: Job, s: Session) -> None:
+        job.timer = None
+        if job.worker is s and job.state == RUNNING:
+            log.info("job %d timed out on worker %s; requeued", job.id, s.peer)
+            s.held.discard(job)
+            self._requeue(job)
+
+    def _requeue(self, job: Job) -> None:
+        """The worker is gone (or gave up): back to the tail of its queue, or
+        WORK_FAIL once the retry limit is reached."""
+        if job.state != RUNNING:
+            return
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        fn = job.fn
+        fn.running -= 1
+        job.worker = None
+        job.retries += 1
+        job.num = job.den = 0
+        limit = self.config.job_retries
+        if limit and job.retries >= limit:
+            log.info("job %d failed after %d attempts", job.id, job.retries)
+            self._finish(job)
+            self.counters.failed += 1
+            self._fail_listeners(job)
+            return
+        self.counters.requeued += 1
+        if job.listeners is None and not job.bg:
+            # Every client gave up on it while it ran: nobody wants it any more.
+            self._finish(job)
+            return
+        self._enqueue(job)
+
+    # ------------------------------------------------------------------ results
+
+    def _held(self, s: Session, handle: bytes) -> Job | None:
+        job = self.job_by_handle(handle)
+        if job is None or job.worker is not s:
+            return None
+        return job
+
+    def _broadcast(self, job: Job, data: bytes) -> None:
+        listeners = job.listeners
+        if listeners:
+            for c in listeners:
+                c.send(data)
+
+    def _work_status(self, s: Session, args: tuple[bytes, ...]) -> None:
+        job = self._held(s, args[0])
+        if job is None:
+            s.send(_NOT_FOUND_RESULT)
+            return
+        job.num = _u32(c_atoi(args[1]))
+        job.den = _u32(c_atoi(args[2][:10]))
+        if job.listeners:
+            self._broadcast(job, P.packet(P.WORK_STATUS, b"\0".join(args)))
+
+    def _work_data(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self._forward(s, args, P.WORK_DATA)
+
+    def _work_warning(self, s: Session, args: tuple[bytes, ...]) -> None:
+        self._forward(s, args, P.WORK_WARNING)
+
+    def _forward(self, s: Session, args: tuple[bytes, ...], ptype: int) -> None:
+        # Forwarded as they came; nothing is stored.
+        job = self._held(s, args[0])
+        if job is None:
+            s.send(_NOT_FOUND_DATA)
+            return
+        if job.listeners:
+            self._broadcast(job, P.packet(ptype, args[0] + b"\0" + args[1]))
+
+    def _work_complete(self, s: Session, args: tuple[bytes, ...]) -> None:
+        job = self._held(s, args[0])
+        if job is None:
+            s.send(_NOT_FOUND_RESULT)
+            return
+        self._finish(job)
+        self.counters.completed += 1
+        if job.listeners:
+            self._broadcast(job, P.packet(P.WORK_COMPLETE, args[0] + b"\0" + args[1]))
+            self._release_listeners(job)
+
+    def _work_fail(self, s: Session, args: tuple[bytes, ...]) -> None:
+        raw = args[0]
+        handle = raw.split(b"\0", 1)[0]
+        if len(handle) >= 64:
+            s.send(_HANDLE_TOO_LARGE)
+            return
+        job = self._held(s, handle)
+        if job is None:
+            s.send(_NOT_FOUND_RESULT)
+            return
+        self._finish(job)
+        self.counters.failed += 1
+        if job.listeners:
+            self._broadcast(job, P.packet(P.WORK_FAIL, raw))
+            self._release_listeners(job)
+
+    def _work_exception(self, s: Session, args: tuple[bytes, ...]) -> None:
+        job = self._held(s, args[0])
+        if job is None:
+            s.send(_NOT_FOUND_EXC)
+            return
+        self._finish(job)
+        self.counters.failed += 1
+        if job.listeners:
+            exc = P.packet(P.WORK_EXCEPTION, args[0] + b"\0" + args[1])
+            # gearmand appends a stray NUL to this WORK_FAIL, which hangs
+            # libgearman; the handle alone is what clients expect.
+            fail = P.packet(P.WORK_FAIL, args[0])
+            for c in job.listeners:
+                c.send(exc if c.exceptions else fail)
+            self._release_listeners(job)
+
+    def _finish(self, job: Job) -> None:
+        """The job leaves the server (its listeners are still on job.listeners)."""
+        prev = job.state
+        job.state = GONE
+        fn = job.fn
+        if prev == RUNNING:
+            fn.running -= 1
+            w = job.worker
+            if w is not None:
+                w.held.discard(job)
+            job.worker = None
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        self._forget(job)
+        if job.stored and job.waiters is None:
+            self.store.remove(job.id)
+
+    def _forget(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+        if job.unique:
+            fn = job.fn
+            if job.unique == b"-":
+                if fn.dash.get(job.payload) is job:
+                    del fn.dash[job.payload]
+            elif fn.uniques.get(job.unique) is job:
+                del fn.uniques[job.unique]
+        if not self.jobs and self.on_idle is not None:
+            self.on_idle()
+
+    def _release_listeners(self, job: Job) -> None:
+        listeners = job.listeners
+        if listeners:
+            for c in listeners:
+                c.listening.discard(job)
+        job.listeners = None
+
+    def _fail_listeners(self, job: Job) -> None:
+        if job.listeners:
+            self._broadcast(job, P.packet(P.WORK_FAIL, self.handle_of(job)))
+            self._release_listeners(job)
+
+    def _drop_listener(self, job: Job, s: Session) -> None:
+        listeners = job.listeners
+        if not listeners:
+            return
+        remaining = [c for c in listeners if c is not s]
+        job.listeners = remaining or None
+        if remaining or job.bg:
+            return
+        # The last client left a foreground job. gearmand leaves it queued,
+        # ignored, and still findable (a later client coalescing onto it never
+        # hears back); we drop it at once so the unique is free again.
+        if job.state == QUEUED:
+            job.fn.queued -= 1
+            job.state = GONE
+            self._forget(job)
+        elif job.state == DELAYED:
+            job.fn.delayed -= 1
+            job.state = GONE
+            self._forget(job)
+        # A running job carries on; its result goes to whoever is attached by then.
+
+    # ------------------------------------------------------------------ admin-ish
+
+    def cancel(self, handle: bytes) -> bool:
+        """Admin `cancel job`: listeners get WORK_FAIL and the job is gone for
+        good (gearmand only marks it, so a resubmit coalesces into a void)."""
+        job = self.job_by_handle(handle)
+        if job is None:
+            return False
+        state = job.state
+        if state == QUEUED:
+            job.fn.queued -= 1
+        elif state == DELAYED:
+            job.fn.delayed -= 1
+        elif state == PENDING:
+            return False  # not acknowledged yet; nothing a client could have cancelled
+        if state == RUNNING:
+            # The worker keeps it; its late result is accepted and dropped.
+            self._forget(job)
+            if job.stored:
+                self.store.remove(job.id)
+                job.stored = False
+        else:
+            self._finish(job)
+        self.counters.failed += 1
+        self._fail_listeners(job)
+        return True
+
+    def drop_function(self, name: bytes) -> str:
+        fn = None
+        for f in self.functions.values():
+            if f.name.lower() == name.lower():
+                fn = f
+                break
+        if fn is None:
+            return "not found"
+        if fn.workers or fn.total:
+            # gearmand drops a function with queued jobs and orphans them.
+            return "busy"
+        del self.functions[fn.name]
+        return "ok"
+
+    def set_maxqueue(self, name: bytes, limits: list[int]) -> None:
+        fn = self.functions.get(name)
+        if fn is not None:
+            fn.limits = [max(0, v) for v in limits]
+
+    def function_stats(self) -> Iterator[FunctionStat]:
+        for fn in self.functions.values():
+            yield FunctionStat(fn.name, fn.queued + fn.delayed + fn.pending, fn.running,
+                               fn.workers)
+
+    def job_count(self) -> int:
+        return len(self.jobs)
+
+    # ------------------------------------------------------------------ status & misc
+
+    def _get_status(self, s: Session, args: tuple[bytes, ...]) -> None:
+        handle = args[0].split(b"\0", 1)[0]
+        s.send(self.status_packet(handle))
+
+    def status_packet(self, handle: bytes) -> bytes:
+        job = self.job_by_handle(handle)
+        if job is None or job.state == GONE:
+            return P.packet(P.STATUS_RES, handle + b"\x000\x000\x000\x000")
+        running = b"1" if job.state == RUNNING else b"0"
+        return P.packet(P.STATUS_RES, b"%s\x001\x00%s\x00%d\x00%d" % (handle, running, job.num,
+                                                                       job.den))
+
+    def _get_status_unique(self, s: Session, args: tuple[bytes, ...]) -> None:
+        unique = args[0].split(b"\0", 1)[0]
+        s.send(self.status_unique_packet(unique))
+
+    def status_unique_packet(self, unique: bytes) -> bytes:
+        job = self.job_by_unique(unique)
+        if job is None:
+            return P.packet(P.STATUS_RES_UNIQUE, unique + b"\x000\x000\x000\x000\x000")
+        running = b"1" if job.state == RUNNING else b"0"
+        clients = len(job.listeners) if job.listeners else 0
+        return P.packet(P.STATUS_RES_UNIQUE, b"%s\x001\x00%s\x00%d\x00%d\x00%d" % (
+            unique, running, job.num, job.den, clients))
+
+    def job_by_unique(self, unique: bytes) -> Job | None:
+        if not unique or unique == b"-":
+            return None
+        for fn in self.functions.values():
+            job = fn.uniques.get(unique)
+            if job is not None:
+                return job
+        return None
+
+    def _echo(self, s: Session, args: tuple[bytes, ...]) -> None:
+        s.send(P.packet(P.ECHO_RES, args[0]))
+
+    def _option(self, s: Session, args: tuple[bytes, ...]) -> None:
+        raw = args[0]
+        name = raw.split(b"\0", 1)[0]
+        if len(name) < 64 and name.lower() == b"exceptions":
+            s.exceptions = True
+            s.send(P.packet(P.OPTION_RES, raw))
+        else:
+            s.send(_UNKNOWN_OPTION)
+
+    def _set_client_id(self, s: Session, args: tuple[bytes, ...]) -> None:
+        s.client_id = args[0][:127]
+
+    # ------------------------------------------------------------------ replay
+
+    def restore(self, rec: StoredJob) -> None:
+        """Queue a job read back from the store (no client is told anything)."""
+        fn = self.function(rec.function)
+        job = Job(rec.id, fn, rec.unique, rec.payload, rec.priority, True, rec.when, rec.reducer)
+        job.stored = True
+        self.jobs[rec.id] = job
+        if rec.id >= self.next_id:
+            self.next_id = rec.id + 1
+        if rec.unique:
+            if rec.unique == b"-":
+                if rec.payload:
+                    fn.dash.setdefault(rec.payload, job)
+            else:
+                fn.uniques.setdefault(rec.unique, job)
+        self._make_runnable(job)
+
+    def describe(self) -> dict[str, Any]:
+        return {"jobs": len(self.jobs), "functions": len(self.functions),
+                "sessions": len(self.sessions)}

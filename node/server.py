@@ -1,0 +1,257 @@
+"""A running node: the listening socket, the store, signals and lifecycle.
+
+Start-up order matters for the durability promise: the store is replayed
+before the port opens, so no client can see a half-restored queue; the node
+reports ready only after that (and after joining the cluster, if any).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from node.admin import Admin, AdminContext
+from node.config import NodeConfig
+from node.connection import GearmanConnection
+from node.jobs import JobManager, ManagerConfig, TimerHandle
+from node.stats import Counters, FunctionStat
+from node.store import CommitStats, Store, open_store
+
+log = logging.getLogger("gearmesh.node")
+
+
+class LoopClock:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def time(self) -> float:
+        return time.time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return self._loop.call_later(delay, callback)
+
+
+class Extension(Protocol):
+    """Something started with the node and stopped before it (the cluster layer)."""
+
+    async def start(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def epoch(self) -> int: ...
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.counters = Counters()
+        self.loop = asyncio.get_running_loop()
+        self.store: Store | None = None
+        self.manager = JobManager(LoopClock(self.loop), ManagerConfig(
+            handle_prefix=config.handle_prefix.encode(),
+            job_retries=config.job_retries,
+            max_unique=config.max_unique,
+            max_jobs=config.max_queue,
+            all_exceptions=config.exceptions,
+        ), counters=self.counters)
+        self.admin = Admin(self.manager, AdminContext(verbose=config.verbose,
+                                                      shutdown=self.request_shutdown))
+        self.extensions: list[Extension] = []
+        self._connections: set[GearmanConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._http: object | None = None
+        self._next_sid = 0
+        self._replayed = False
+        self._draining = False
+        self._stopped = asyncio.Event()
+        self.started_at = time.time()
+
+    # -- NodeView
+
+    def function_stats(self) -> Iterable[FunctionStat]:
+        return self.manager.function_stats()
+
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._replayed:
+            return False, "replaying the job store"
+        if self._draining:
+            return False, "draining"
+        for ext in self.extensions:
+            ok, why = ext.ready()
+            if not ok:
+                return False, why
+        return True, "ready"
+
+    def cluster_epoch(self) -> int:
+        return max((ext.epoch() for ext in self.extensions), default=0)
+
+    # -- connections
+
+    def new_session_id(self) -> int:
+        self._next_sid += 1
+        return self._next_sid
+
+    def admit(self, conn: GearmanConnection) -> bool:
+        if len(self._connections) >= self.config.max_connections:
+            self.counters.connections_refused += 1
+            log.warning("refusing a connection: %d open (--max-connections)",
+                        len(self._connections))
+            return False
+        self._connections.add(conn)
+        self.counters.connections_accepted += 1
+        return True
+
+    def release(self, conn: GearmanConnection) -> None:
+        self._connections.discard(conn)
+
+    # -- lifecycle
+
+    def _on_commit(self, stats: CommitStats) -> None:
+        c = self.counters
+        c.store_commits += 1
+        c.store_commit_jobs += stats.jobs
+        c.store_commit_seconds += stats.seconds
+
+    def open_store(self) -> None:
+        cfg = self.config
+        self.store = open_store(cfg.queue, cfg.data_dir, self.loop.call_soon_threadsafe,
+                                fsync=cfg.fsync, recover=cfg.store_recover,
+                                max_bytes=cfg.store_max_bytes, on_commit=self._on_commit)
+        self.manager.store = self.store
+
+    def replay(self) -> int:
+        assert self.store is not None
+        m = self.manager
+        m.next_id = max(m.next_id, self.store.next_id())
+        n = 0
+        for rec in self.store.load():
+            m.restore(rec)
+            n += 1
+        self._replayed = True
+        if n:
+            log.warning("replayed %d background jobs from %s", n, self.config.data_dir)
+        return n
+
+    async def listen(self) -> None:
+        cfg = self.config
+        self._server = await self.loop.create_server(
+            lambda: GearmanConnection(self), host=cfg.listen or None, port=cfg.port,
+            reuse_address=True, backlog=1024)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sock = self._server.sockets[0]
+        port: int = sock.getsockname()[1]
+        return port
+
+    async def start_http(self) -> None:
+        if not self.config.http_port:
+            return
+        from node.http import start_http  # aiohttp is imported only when HTTP is on
+        host = self.config.http_listen or self.config.listen
+        self._http = await start_http(self, host, self.config.http_port)
+
+    async def start_extensions(self) -> None:
+        for ext in self.extensions:
+            await ext.start()
+
+    def install_signals(self) -> None:
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self.request_shutdown, True)
+        loop.add_signal_handler(signal.SIGINT, self.request_shutdown, False)
+        loop.add_signal_handler(signal.SIGUSR1, self._graceful_when_idle)
+        loop.add_signal_handler(signal.SIGHUP, _reopen_logs)
+
+    def request_shutdown(self, graceful: bool = True) -> None:
+        if self._draining and graceful:
+            return
+        self._draining = True
+        self.loop.create_task(self._shutdown(graceful))
+
+    def _graceful_when_idle(self) -> None:
+        # gearmand's SIGUSR1: refuse new connections, exit once no job is left.
+        log.warning("SIGUSR1: closing the port, exiting when the last job is done")
+        self._draining = True
+        if self._server is not None:
+            self._server.close()
+        if not self.manager.jobs:
+            self.request_shutdown(False)
+        else:
+            self.manager.on_idle = lambda: self.request_shutdown(False)
+
+    async def _shutdown(self, graceful: bool) -> None:
+        log.warning("shutting down (%s)", "draining" if graceful else "now")
+        if self._server is not None:
+            self._server.close()
+        if graceful:
+            for ext in self.extensions:
+                try:
+                    await ext.drain()
+                except Exception:
+                    log.exception("drain failed")
+            deadline = self.loop.time() + self.config.grace
+            while self._running_jobs() and self.loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            left = self._running_jobs()
+            if left:
+                log.warning("grace period over with %d jobs still running", left)
+        for conn in list(self._connections):
+            t = conn._transport
+            if t is not None:
+                t.close()
+        for ext in reversed(self.extensions):
+            try:
+                await ext.stop()
+            except Exception:
+                log.exception("stopping an extension failed")
+        if self._http is not None:
+            from node.http import stop_http
+            await stop_http(self._http)
+        if self.store is not None:
+            await self.loop.run_in_executor(None, self.store.close)
+        self._stopped.set()
+
+    def _running_jobs(self) -> int:
+        return sum(fn.running for fn in self.manager.functions.values())
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def _reopen_logs() -> None:
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.acquire()
+            try:
+                h.close()
+                h.stream = h._open()
+            finally:
+                h.release()
+
+
+def drop_privileges(user: str) -> None:
+    import pwd
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise SystemExit(f"gearmesh: unknown user {user!r}") from None
+    if os.getuid() != 0:
+        if os.getuid() == pw.pw_uid:
+            return
+        raise SystemExit(f"gearmesh: -u {user} needs root (running as uid {os.getuid()})")
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)

@@ -1,0 +1,55 @@
+"""What a node can tell about itself: counters and a read-only view for the
+HTTP endpoint and the admin protocol. Counters are plain ints bumped on the hot
+path (no locks: a node is one event loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class Counters:
+    submitted: int = 0  # new jobs created here (coalesced submits not included)
+    coalesced: int = 0  # submits attached to an existing job
+    completed: int = 0
+    failed: int = 0  # WORK_FAIL, WORK_EXCEPTION, retries exhausted, cancel
+    requeued: int = 0  # worker lost / timed out while holding a job
+    rejected: int = 0  # QUEUE_ERROR and other refused submits
+    forwarded: int = 0  # submits sent to another node (cluster)
+    connections_accepted: int = 0
+    connections_refused: int = 0
+    protocol_errors: int = 0
+    peer_batches_sent: int = 0
+    peer_frames_sent: int = 0
+    store_commits: int = 0
+    store_commit_seconds: float = 0.0  # sum of commit latencies
+    store_commit_jobs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionStat:
+    name: bytes
+    queued: int
+    running: int
+    workers: int
+
+
+class NodeView(Protocol):
+    """Read-only view of a running node (implemented by node.server.Node)."""
+
+    counters: Counters
+
+    def function_stats(self) -> Iterable[FunctionStat]: ...
+
+    def connection_count(self) -> int: ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): ready once the store is replayed, the cluster
+        (if any) is joined, and the node is not draining."""
+        ...
+
+    def cluster_epoch(self) -> int:
+        """Partition-map epoch (etcd revision); 0 on a standalone node."""
+        ...
