@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -161,10 +162,8 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
         os.close(ready_fd)
     await node.wait_stopped()
     if cfg.pid_file:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(cfg.pid_file)
-        except OSError:
-            pass
     log.warning("gearmesh node stopped")
     return 0
 
@@ -184,6 +183,9 @@ def serve(ns: argparse.Namespace) -> int:
         fail(str(e))
     cfg.data_dir = cfg.data_dir.absolute()
     _check_user(cfg.user)
+    if cfg.etcd and cfg.job_handle_prefix:
+        fail("--job-handle-prefix cannot be used with --etcd: in a cluster a handle "
+             "must name its node (H:<node-id>)")
     if cfg.pid_file:
         cfg.pid_file = os.path.abspath(cfg.pid_file)
     if cfg.log_file not in ("stderr", "none"):
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(ns)
     if ns.command == "bench":
         from gearmesh import bench
-        return bench.run(ns)
+        rc: int = bench.run(ns)
+        return rc
     if ns.command == "status":
         from gearmesh.status import run_status
         return run_status(ns)

@@ -53,8 +53,8 @@ class Admin:
         argc = len(tokens)
         m = self.m
         if word == b"status":
-            return b"".join(b"%s\t%d\t%d\t%d\n" % (st.name.split(b"\0", 1)[0], st.queued + st.running,
-                                                   st.running, st.workers)
+            return b"".join(b"%s\t%d\t%d\t%d\n" % (st.name.split(b"\0", 1)[0],
+                                                   st.queued + st.running, st.running, st.workers)
                             for st in m.function_stats()) + b".\n"
         if word == b"prioritystatus":
             out = []

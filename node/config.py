@@ -204,7 +204,4 @@ def _apply_env_defaults(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(ns: argparse.Namespace) -> NodeConfig:
     fields = NodeConfig.__dataclass_fields__
-    cfg = NodeConfig(**{k: v for k, v in vars(ns).items() if k in fields and v is not None})
-    if cfg.verbose is None:
-        cfg.verbose = "ERROR"
-    return cfg
+    return NodeConfig(**{k: v for k, v in vars(ns).items() if k in fields and v is not None})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from node import protocol as P
 from node.session import Session
@@ -34,7 +34,8 @@ class GearmanConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses but quack alike.
-        self._transport = transport  # type: ignore[assignment]
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
         node = self._node
         sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")

@@ -70,7 +70,7 @@ class NodeCollector:
 
 def make_app(node: NodeView) -> web.Application:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node))  # type: ignore[arg-type]
+    registry.register(NodeCollector(node))
 
     async def healthz(request: web.Request) -> web.Response:
         # Answering at all proves the event loop is alive.

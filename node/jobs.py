@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from node import protocol as P
+from node.seam import Cluster
 from node.session import Session, Slot
 from node.stats import Counters, FunctionStat
 from node.store import MemoryStore, Store, StoredJob
@@ -101,7 +102,8 @@ class Job:
         self.num = 0
         self.den = 0
         self.listeners: list[Session] | None = None  # foreground submitters, duplicates kept
-        self.waiters: list[tuple[Session, Slot]] | None = None  # background submitters awaiting commit
+        # Background submitters waiting for the commit of this job.
+        self.waiters: list[tuple[Session, Slot]] | None = None
         self.timer: TimerHandle | None = None
         self.stored = False
 
@@ -148,7 +150,8 @@ _HANDLE_TOO_LARGE: Final = P.error_packet(
 _UNIQUE_TOO_LARGE: Final = P.error_packet(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
 _QUEUE_FULL: Final = P.error_packet(b"QUEUE_ERROR", b"Job queue is full")
 _STORE_FAILED: Final = b"QUEUE_ERROR"
-_UNKNOWN_OPTION: Final = P.error_packet(b"UNKNOWN_OPTION", b"Server does not recognize given option")
+_UNKNOWN_OPTION: Final = P.error_packet(b"UNKNOWN_OPTION",
+                                        b"Server does not recognize given option")
 
 
 class JobManager:
@@ -167,12 +170,14 @@ class JobManager:
         self._delay_timer: TimerHandle | None = None
         self._delay_at = 0.0
         self.on_idle: Callable[[], None] | None = None  # called when the last job leaves
+        self.cluster: Cluster | None = None  # set by the cluster layer; None = standalone
         handlers: list[Callable[[Session, tuple[bytes, ...]], None]] = [self._invalid] * 43
         for ptype, (prio, bg) in _SUBMITS.items():
-            handlers[ptype] = self._submit_handler(prio, bg)
-        handlers[P.SUBMIT_JOB_EPOCH] = self._submit_epoch
-        handlers[P.SUBMIT_REDUCE_JOB] = self._submit_reduce
-        handlers[P.SUBMIT_REDUCE_JOB_BACKGROUND] = self._submit_reduce_bg
+            handlers[ptype] = self._routed(ptype, self._submit_handler(prio, bg))
+        handlers[P.SUBMIT_JOB_EPOCH] = self._routed(P.SUBMIT_JOB_EPOCH, self._submit_epoch)
+        handlers[P.SUBMIT_REDUCE_JOB] = self._routed(P.SUBMIT_REDUCE_JOB, self._submit_reduce)
+        handlers[P.SUBMIT_REDUCE_JOB_BACKGROUND] = self._routed(
+            P.SUBMIT_REDUCE_JOB_BACKGROUND, self._submit_reduce_bg)
         handlers[P.CAN_DO] = self._can_do
         handlers[P.CAN_DO_TIMEOUT] = self._can_do_timeout
         handlers[P.CANT_DO] = self._cant_do
@@ -210,6 +215,8 @@ class JobManager:
         for fn, _ in s.regs:
             fn.workers -= 1
         s.regs = []
+        if self.cluster is not None:
+            self.cluster.detached(s)
         for job in list(s.held):
             self._requeue(job)
         s.held.clear()
@@ -244,6 +251,16 @@ class JobManager:
         s.send(P.ERR_INVALID_COMMAND)
 
     # ------------------------------------------------------------------ submits
+
+    def _routed(self, ptype: int, local: Callable[[Session, tuple[bytes, ...]], None]
+                ) -> Callable[[Session, tuple[bytes, ...]], None]:
+        """A submit goes to the node owning its key; jobs with an empty unique
+        cannot coalesce, so they stay where they were submitted."""
+        def handler(s: Session, args: tuple[bytes, ...]) -> None:
+            cluster = self.cluster
+            if cluster is None or not args[1] or not cluster.forward_submit(s, ptype, args):
+                local(s, args)
+        return handler
 
     def _submit_handler(self, prio: int, bg: bool) -> Callable[[Session, tuple[bytes, ...]], None]:
         def handler(s: Session, args: tuple[bytes, ...]) -> None:
@@ -383,7 +400,7 @@ class JobManager:
         fn = job.fn
         fn.queues[job.priority].append(job)
         fn.queued += 1
-        if fn.sleepers and fn.queued > fn.waking:
+        if fn.queued > fn.waking and (fn.sleepers or self.cluster is not None):
             self._ensure_awake(fn)
 
     def _arm_delay_timer(self) -> None:
@@ -429,6 +446,8 @@ class JobManager:
         fn.workers += 1
         if s.asleep:
             fn.sleepers[s] = None
+            if self.cluster is not None:
+                self.cluster.sleepers_changed(fn)
 
     def _cant_do(self, s: Session, args: tuple[bytes, ...]) -> None:
         name = args[0]
@@ -443,7 +462,8 @@ class JobManager:
         for fn, t in s.regs:
             if match(fn):
                 fn.workers -= 1
-                fn.sleepers.pop(s, None)
+                if fn.sleepers.pop(s, 0) is None and self.cluster is not None:
+                    self.cluster.sleepers_changed(fn)
             else:
                 keep.append((fn, t))
         s.regs = keep
@@ -457,24 +477,51 @@ class JobManager:
                 if not s.noop_sent:
                     self._wake(s)
                 return
+        cluster = self.cluster
+        if cluster is not None and cluster.remote_work(s):
+            if not s.noop_sent:
+                self._wake(s)
+            return
         s.asleep = True
         for fn, _ in s.regs:
             fn.sleepers[s] = None
+            if cluster is not None:
+                cluster.sleepers_changed(fn)
 
     def _stop_sleeping(self, s: Session) -> None:
         if s.asleep:
             s.asleep = False
+            cluster = self.cluster
             for fn, _ in s.regs:
                 fn.sleepers.pop(s, None)
+                if cluster is not None:
+                    cluster.sleepers_changed(fn)
 
-    def _wake(self, s: Session) -> None:
+    def wake_sleepers(self, name: bytes, n: int) -> list[Session]:
+        """Another node has n jobs of this function for our workers: wake up
+        to n of ours that sleep, and say which."""
+        fn = self.functions.get(name)
+        woken: list[Session] = []
+        if fn is not None:
+            sleepers = fn.sleepers
+            while sleepers and len(woken) < n:
+                s = next(iter(sleepers))
+                self._wake(s, counted=False)
+                woken.append(s)
+        return woken
+
+    def _wake(self, s: Session, counted: bool = True) -> None:
+        """NOOP a sleeping worker. A counted wake is one a local job is waiting
+        for; a wake on behalf of another node's job is not counted, so it can
+        never make a local job wait for a worker that went elsewhere."""
         self._stop_sleeping(s)
         s.noop_sent = True
-        woken = []
-        for fn, _ in s.regs:
-            fn.waking += 1
-            woken.append(fn)
-        s.woken = woken
+        if counted:
+            woken = []
+            for fn, _ in s.regs:
+                fn.waking += 1
+                woken.append(fn)
+            s.woken = woken
         s.send(P.NOOP_PACKET)
 
     def _unwake(self, s: Session) -> list[Function] | None:
@@ -492,6 +539,8 @@ class JobManager:
         sleepers = fn.sleepers
         while sleepers and fn.queued > fn.waking:
             self._wake(next(iter(sleepers)))
+        if self.cluster is not None and fn.queued > fn.waking:
+            self.cluster.unserved(fn, fn.queued - fn.waking)
 
     def _grab_job(self, s: Session, args: tuple[bytes, ...]) -> None:
         self.grab(s, P.JOB_ASSIGN)
@@ -507,13 +556,13 @@ class JobManager:
             self._stop_sleeping(s)
         woken = self._unwake(s) if s.noop_sent else None
         job = self._take(s)
-        if job is None:
-            s.send(P.NO_JOB_PACKET)
-        else:
+        if job is not None:
             s.send(self.assignment(job, kind))
+        elif self.cluster is None or not self.cluster.grab(s, kind):
+            s.send(P.NO_JOB_PACKET)
         if woken:
             for fn in woken:
-                if fn.sleepers and fn.queued > fn.waking:
+                if fn.queued > fn.waking and (fn.sleepers or self.cluster is not None):
                     self._ensure_awake(fn)
         return job
 
@@ -619,10 +668,16 @@ class JobManager:
             for c in listeners:
                 c.send(data)
 
+    def _remote(self, s: Session, ptype: int, args: tuple[bytes, ...], handle: bytes) -> bool:
+        cluster = self.cluster
+        return (cluster is not None and not handle.startswith(self.prefix)
+                and cluster.forward_handle(s, ptype, args, handle))
+
     def _work_status(self, s: Session, args: tuple[bytes, ...]) -> None:
         job = self._held(s, args[0])
         if job is None:
-            s.send(_NOT_FOUND_RESULT)
+            if not self._remote(s, P.WORK_STATUS, args, args[0]):
+                s.send(_NOT_FOUND_RESULT)
             return
         job.num = _u32(c_atoi(args[1]))
         job.den = _u32(c_atoi(args[2][:10]))
@@ -639,7 +694,8 @@ class JobManager:
         # Forwarded as they came; nothing is stored.
         job = self._held(s, args[0])
         if job is None:
-            s.send(_NOT_FOUND_DATA)
+            if not self._remote(s, ptype, args, args[0]):
+                s.send(_NOT_FOUND_DATA)
             return
         if job.listeners:
             self._broadcast(job, P.packet(ptype, args[0] + b"\0" + args[1]))
@@ -647,7 +703,8 @@ class JobManager:
     def _work_complete(self, s: Session, args: tuple[bytes, ...]) -> None:
         job = self._held(s, args[0])
         if job is None:
-            s.send(_NOT_FOUND_RESULT)
+            if not self._remote(s, P.WORK_COMPLETE, args, args[0]):
+                s.send(_NOT_FOUND_RESULT)
             return
         self._finish(job)
         self.counters.completed += 1
@@ -663,7 +720,8 @@ class JobManager:
             return
         job = self._held(s, handle)
         if job is None:
-            s.send(_NOT_FOUND_RESULT)
+            if not self._remote(s, P.WORK_FAIL, args, handle):
+                s.send(_NOT_FOUND_RESULT)
             return
         self._finish(job)
         self.counters.failed += 1
@@ -674,7 +732,8 @@ class JobManager:
     def _work_exception(self, s: Session, args: tuple[bytes, ...]) -> None:
         job = self._held(s, args[0])
         if job is None:
-            s.send(_NOT_FOUND_EXC)
+            if not self._remote(s, P.WORK_EXCEPTION, args, args[0]):
+                s.send(_NOT_FOUND_EXC)
             return
         self._finish(job)
         self.counters.failed += 1
@@ -808,7 +867,8 @@ class JobManager:
 
     def _get_status(self, s: Session, args: tuple[bytes, ...]) -> None:
         handle = args[0].split(b"\0", 1)[0]
-        s.send(self.status_packet(handle))
+        if not self._remote(s, P.GET_STATUS, args, handle):
+            s.send(self.status_packet(handle))
 
     def status_packet(self, handle: bytes) -> bytes:
         job = self.job_by_handle(handle)
@@ -820,7 +880,9 @@ class JobManager:
 
     def _get_status_unique(self, s: Session, args: tuple[bytes, ...]) -> None:
         unique = args[0].split(b"\0", 1)[0]
-        s.send(self.status_unique_packet(unique))
+        cluster = self.cluster
+        if cluster is None or not cluster.forward_unique(s, args, unique):
+            s.send(self.status_unique_packet(unique))
 
     def status_unique_packet(self, unique: bytes) -> bytes:
         job = self.job_by_unique(unique)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Final
+from typing import Any, Final
 
 REQ: Final = b"\0REQ"
 RES: Final = b"\0RES"
@@ -99,7 +99,8 @@ _HEADER: Final = struct.Struct(">II")
 _unpack_header = _HEADER.unpack_from
 _pack_header = _HEADER.pack
 
-Event = tuple  # (ptype, args) | (TEXT, line) | (VIOLATION, code, text, close)
+# (ptype, args) | (TEXT, line) | (VIOLATION, code, text, close)
+Event = tuple[Any, ...]
 
 
 class Decoder:

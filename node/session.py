@@ -94,10 +94,12 @@ class Session:
             if type(head) is Slot:
                 if head.data is None:
                     return
-                head = head.data
+                data = head.data
+            else:
+                data = head  # type: ignore[assignment]
             out.popleft()
             if not self.closed:
-                self.write(head)
+                self.write(data)
 
     @property
     def pending_replies(self) -> int:

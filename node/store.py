@@ -17,6 +17,7 @@ keyed by the job id (which is also the number in its handle).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -234,10 +235,8 @@ class SqliteStore:
                     log.warning("job store %s is writable again", self.path)
             except Exception as e:
                 err = e
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 if not self._failing:
                     log.error("job store %s: commit failed: %s", self.path, e)
                 self._failing = True

@@ -1,0 +1,63 @@
+"""The seam between a node and the cluster layer — the one place they meet.
+
+A standalone node has no :class:`Cluster` and pays nothing for it. In a
+cluster, ``cluster/`` implements this protocol and the job manager consults
+it at exactly these points:
+
+* a submit whose key another node owns, a status request for a handle or
+  unique another node owns, a work result for another node's job: the
+  cluster forwards it (``forward_*`` return True) and later fills the
+  session's reply slot;
+* a worker grabbing with nothing runnable locally: the cluster may fetch a
+  job from an owner that has work (``grab``), and tells PRE_SLEEP whether
+  any is waiting elsewhere (``remote_work``);
+* wake-ups: the manager reports when it has runnable jobs that no local
+  sleeping worker can take (``unserved``) and when the number of sleeping
+  workers of a function changes (``sleepers_changed``), so owners can wake
+  workers on other nodes — one per job, never all;
+* a session going away (``detached``), so the owners it talked to requeue
+  its jobs and drop its subscriptions.
+
+The cluster drives the manager back through its ordinary methods: it wraps
+peers on other nodes in :class:`node.session.Session` subclasses and calls
+``JobManager.handle``/``grab``/``detach``/``wake_sleepers`` for them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from node.jobs import Function
+    from node.session import Session
+
+
+class Cluster(Protocol):
+    def forward_submit(self, s: Session, ptype: int, args: tuple[bytes, ...]) -> bool:
+        """True when another node owns this submit's key and it was sent there."""
+        ...
+
+    def forward_handle(self, s: Session, ptype: int, args: tuple[bytes, ...],
+                       handle: bytes) -> bool:
+        """True when ``handle`` names another node (GET_STATUS, WORK_*)."""
+        ...
+
+    def forward_unique(self, s: Session, args: tuple[bytes, ...], unique: bytes) -> bool:
+        """True when another node owns ``unique`` (GET_STATUS_UNIQUE)."""
+        ...
+
+    def grab(self, s: Session, kind: int) -> bool:
+        """Nothing runnable here: True when a grab was sent to another node."""
+        ...
+
+    def remote_work(self, s: Session) -> bool:
+        """Whether another node has told us it holds work for s's functions."""
+        ...
+
+    def unserved(self, fn: Function, count: int) -> None:
+        """``count`` runnable jobs of fn have no local worker coming for them."""
+        ...
+
+    def sleepers_changed(self, fn: Function) -> None: ...
+
+    def detached(self, s: Session) -> None: ...
