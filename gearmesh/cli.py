@@ -108,10 +108,22 @@ def _daemonize() -> int:
     if os.fork() > 0:
         os._exit(0)
     os.chdir("/")
+    return w
+
+
+def _detach_stdio() -> None:
+    # Only once start-up succeeded: until then errors still reach the terminal.
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    return w
+
+
+def _startup_error(cfg: NodeConfig, message: str) -> int:
+    """Say it once on stderr (and in the log file, when there is one)."""
+    if cfg.log_file not in ("stderr", "none"):
+        log.error("%s", message)
+    print(f"gearmesh: error: {message}", file=sys.stderr)
+    return 2
 
 
 async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
@@ -122,20 +134,27 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
         node.open_store()
         await asyncio.get_running_loop().run_in_executor(None, node.replay)
     except StoreError as e:
-        log.error("%s", e)
-        print(f"gearmesh: error: {e}", file=sys.stderr)
-        return 2
+        return _startup_error(cfg, str(e))
     try:
         await node.listen()
+    except OSError as e:
+        return _startup_error(cfg, f"cannot listen on {cfg.listen}:{cfg.port}: {e.strerror or e}")
+    try:
         await node.start_http()
     except OSError as e:
-        msg = f"cannot listen on {cfg.listen}:{cfg.port} / http {cfg.http_port}: {e.strerror or e}"
-        log.error("%s", msg)
-        print(f"gearmesh: error: {msg}", file=sys.stderr)
-        return 2
+        host = cfg.http_listen or cfg.listen
+        return _startup_error(cfg, f"cannot listen for HTTP on {host}:{cfg.http_port}: "
+                                   f"{e.strerror or e}")
     if cfg.etcd:
         from cluster.attach import attach_cluster
         node.extensions.append(attach_cluster(node, cfg))
+    if cfg.pid_file:
+        # Before dropping privileges, as gearmand does: /var/run is root's.
+        try:
+            with open(cfg.pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as e:
+            return _startup_error(cfg, f"cannot write pid file {cfg.pid_file}: {e.strerror}")
     if cfg.user:
         if os.getuid() == 0:
             _chown_tree(cfg.data_dir, cfg.user)
@@ -143,23 +162,15 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
     try:
         await node.start_extensions()
     except Exception as e:
-        log.exception("cluster start failed")
-        print(f"gearmesh: error: cluster start failed: {e}", file=sys.stderr)
-        return 2
-    if cfg.pid_file:
-        try:
-            with open(cfg.pid_file, "w") as f:
-                f.write(f"{os.getpid()}\n")
-        except OSError as e:
-            print(f"gearmesh: error: cannot write pid file {cfg.pid_file}: {e.strerror}",
-                  file=sys.stderr)
-            return 2
+        log.debug("cluster start failed", exc_info=True)
+        return _startup_error(cfg, f"cluster start failed: {e}")
     node.install_signals()
     log.warning("gearmesh node %s listening on %s:%d (queue %s)", cfg.effective_node_id,
                 cfg.listen, node.port, cfg.queue)
     if ready_fd is not None:
         os.write(ready_fd, b"0")
         os.close(ready_fd)
+        _detach_stdio()
     await node.wait_stopped()
     if cfg.pid_file:
         with contextlib.suppress(OSError):

@@ -1,0 +1,100 @@
+"""Plug the cluster layer into a node: membership, peer link, router.
+
+Order at start: bind the peer port (so the address we publish works), hand
+the router to the job manager, register in etcd as ``joining``, then turn
+``active`` once we have a map — from then on peers route keys to us.
+Drain turns ``draining`` first, so peers stop routing new keys here while
+running jobs finish; stop revokes the lease, so we leave the map at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import metadata
+
+from cluster.memberinfo import MemberInfo
+from cluster.membership import Membership
+from cluster.partition import PartitionMap
+from cluster.peerlink import PeerLinks, PeerLinkServer
+from cluster.router import Router
+from node.config import NodeConfig
+from node.server import Node
+
+log = logging.getLogger("gearmesh.cluster")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("gearmesh")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+class ClusterExtension:
+    def __init__(self, node: Node, cfg: NodeConfig) -> None:
+        self.node = node
+        self.cfg = cfg
+        self.node_id = cfg.effective_node_id
+        self.links = PeerLinks(self.node_id)
+        self.server = PeerLinkServer(self.links, host=cfg.listen or "0.0.0.0", port=cfg.peer_port)
+        self.router = Router(self.node_id, node.manager, self.links, node.counters)
+        self.links.on_frames(self.router.on_frames)
+        self.links.on_peer_down(self._peer_down)
+        self.membership: Membership | None = None
+
+    def _peer_down(self, node_id: str) -> None:
+        log.warning("link to node %s is down", node_id)
+        self.router.node_lost(node_id)
+
+    def _on_map(self, new: PartitionMap) -> None:
+        log.info("partition map epoch %d: active %s", new.epoch, ", ".join(new.active))
+        self.router.set_map(new)
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        peer_port = await self.server.start()
+        host = cfg.advertise_host
+        http = f"{host}:{cfg.http_port}" if cfg.http_port else ""
+        info = MemberInfo(peer_address=f"{host}:{peer_port}",
+                          gearman_address=f"{host}:{self.node.port}", http_address=http,
+                          state="joining", version=_version(), started_at=time.time())
+        self.membership = Membership(cfg.etcd or "", cfg.etcd_prefix, self.node_id, info,
+                                     lease_ttl=cfg.lease_ttl, on_change=self._on_map)
+        self.node.manager.cluster = self.router
+        await self.membership.start()
+        if await self.membership.wait_registered(timeout=10):
+            await self.membership.set_state("active", timeout=5)
+            log.warning("node %s joined the cluster (peer %s)", self.node_id, info.peer_address)
+        else:
+            log.error("etcd not reachable yet; serving alone until it is")
+
+    def ready(self) -> tuple[bool, str]:
+        ms = self.membership
+        if ms is None or not ms.registered:
+            return False, "not registered in etcd"
+        m = ms.current
+        if m is None:
+            return False, "no partition map yet"
+        if self.node_id not in m.active:
+            return False, f"not active in the partition map (state {ms.info.state})"
+        return True, "ready"
+
+    def epoch(self) -> int:
+        m = self.membership.current if self.membership is not None else None
+        return m.epoch if m is not None else 0
+
+    async def drain(self) -> None:
+        if self.membership is not None:
+            await self.membership.set_state("draining", timeout=2)
+
+    async def stop(self) -> None:
+        self.router.close()
+        if self.membership is not None:
+            await self.membership.close()
+        await self.links.close()
+        await self.server.stop(0.5)
+
+
+def attach_cluster(node: Node, cfg: NodeConfig) -> ClusterExtension:
+    return ClusterExtension(node, cfg)

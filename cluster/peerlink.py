@@ -1,0 +1,539 @@
+"""The batched node-to-node transport: one gRPC stream per peer and direction.
+
+Why streams of batches: on this class of machine a gRPC message costs tens of
+microseconds, so one message per job caps a link at a few thousand jobs per
+second, while msgpack frames packed into one message amortise that cost over
+hundreds of frames. ``send()`` only appends the encoded frame to the peer's
+outbox; a writer task per peer sends everything the outbox holds as one
+``Batch`` whenever the previous write has completed. An idle link therefore
+sends a lone frame at once (no timer, no added latency), and a busy link
+sends ever larger batches while the previous write is in flight — the batch
+size adapts to the load without tuning. A batch is capped at
+``max_batch_bytes``, and never mixes frames queued under different map epochs,
+so its ``epoch`` says truthfully under which map its frames were routed.
+
+Why one stream per *ordered* pair (A dials B for A→B, B dials A for B→A),
+not one per unordered pair:
+
+- Each direction has exactly one owner, the sender: it dials, reconnects,
+  buffers and learns of losses. No dial races or tie-breaking on who dials,
+  and a node can send to a peer it has just learned about without waiting for
+  that peer to learn about it too.
+- Failure is reported to the side that can act on it. ``on_peer_down`` fires
+  when *our outgoing* stream to a peer breaks, which is exactly when frames we
+  sent may have been lost; the node then fails or requeues that work. The
+  other node learns of the break through its own outgoing stream, which breaks
+  too when a node dies, and through etcd.
+- The cost — two TCP connections per pair instead of one — is irrelevant at
+  the size of a job-server cluster.
+
+Order: frames to one peer leave in ``send()`` order, one stream carries them,
+and the receiver hands each batch to ``on_frames`` before reading the next.
+When a peer reconnects, the receiver stops delivering from the stream it
+replaced, so an old stream never interleaves with the new one. Frames that
+were queued or in flight when a stream broke are lost (the link is not a
+durable queue); that is what ``on_peer_down`` is for.
+
+A handshake guards against talking to the wrong node: the dialled node
+answers with its node id in the response headers, and the dialler gives up on
+a stream whose id differs from the one it meant (e.g. an address reused by a
+different pod).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import enum
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Final
+
+import grpc
+import msgpack
+
+from cluster import peer_pb2, peer_pb2_grpc
+from cluster.tasks import stop_tasks
+
+log = logging.getLogger("gearmesh.cluster")
+
+# The generated module registers Batch at import time, so mypy cannot see it.
+Batch: Any = peer_pb2.Batch  # type: ignore[attr-defined]
+
+FramesCallback = Callable[[str, int, list[Any]], None]
+PeerCallback = Callable[[str], None]
+
+NODE_HEADER: Final = "x-gearmesh-node"
+MAX_BATCH_BYTES: Final = 1 << 20
+# A single frame may exceed the batch cap (a Gearman payload may be 64 MiB),
+# so the message limit sits well above the largest packet a node accepts.
+MAX_MESSAGE_BYTES: Final = 256 << 20
+
+_CLIENT_OPTIONS: Final[list[tuple[str, Any]]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Own connection per link: a shared subchannel could still be sitting in
+    # reconnect backoff from an earlier failure of the same address.
+    ("grpc.use_local_subchannel_pool", 1),
+    # Pings find a peer whose host vanished without closing the connection.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_SERVER_OPTIONS: Final[list[tuple[str, Any]]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+class LinkState(enum.Enum):
+    CONNECTING = "connecting"  # first dial: frames are buffered
+    UP = "up"  # stream open: frames flow
+    DOWN = "down"  # broken, redialling with backoff: frames are dropped
+
+
+def _bucket(count: int) -> int:
+    """Smallest power of two >= count: the batch-size histogram's buckets."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
+@dataclasses.dataclass
+class LinkStats:
+    """Counters of one peer, both directions. ``batch_sizes`` maps a power of
+    two to the number of sent batches of at most that many frames."""
+
+    frames_sent: int = 0
+    batches_sent: int = 0
+    bytes_sent: int = 0
+    frames_dropped: int = 0
+    frames_received: int = 0
+    batches_received: int = 0
+    batch_sizes: collections.Counter[int] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+
+
+class _Chunk:
+    __slots__ = ("count", "epoch", "parts", "size")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.count = 0
+
+
+class _Outbox:
+    """Encoded frames waiting for the writer, already cut into batches."""
+
+    __slots__ = ("_cap", "_chunks", "_tail", "frames", "size")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._chunks: collections.deque[_Chunk] = collections.deque()
+        self._tail: _Chunk | None = None
+        self.size = 0
+        self.frames = 0
+
+    def add(self, data: bytes, epoch: int) -> None:
+        tail = self._tail
+        if tail is None or tail.epoch != epoch or (tail.size + len(data) > self._cap):
+            tail = _Chunk(epoch)
+            self._chunks.append(tail)
+            self._tail = tail
+        tail.parts.append(data)
+        tail.size += len(data)
+        tail.count += 1
+        self.size += len(data)
+        self.frames += 1
+
+    def take(self) -> _Chunk | None:
+        if not self._chunks:
+            return None
+        chunk = self._chunks.popleft()
+        if chunk is self._tail:
+            self._tail = None
+        self.size -= chunk.size
+        self.frames -= chunk.count
+        return chunk
+
+    def clear(self) -> int:
+        dropped = self.frames
+        self._chunks.clear()
+        self._tail = None
+        self.size = 0
+        self.frames = 0
+        return dropped
+
+
+class _Link:
+    """Our outgoing side towards one peer."""
+
+    def __init__(self, node_id: str, address: str, cap: int) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.state = LinkState.CONNECTING
+        self.outbox = _Outbox(cap)
+        self.wake = asyncio.Event()
+        # Set while nothing is buffered and no write is in flight.
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.task: asyncio.Task[None] | None = None
+        # Checked after every await: a cancellation alone may be swallowed
+        # (see cluster/tasks.py).
+        self.closed = False
+
+    def stopped(self) -> bool:
+        # A method rather than the bare flag so that type checkers do not
+        # assume it keeps its value across awaits.
+        return self.closed
+
+
+class _Incoming:
+    __slots__ = ("superseded",)
+
+    def __init__(self) -> None:
+        self.superseded = False
+
+
+class PeerLinks:
+    """All of this node's links: dials peers, sends, receives, reports breaks.
+
+    Every method must be called from the event loop thread; the callbacks run
+    on it too, synchronously and in order, so they should hand heavy work off
+    rather than block.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        epoch: int = 0,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        connect_timeout: float = 5.0,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.node_id = node_id
+        #: The partition-map epoch stamped on frames sent from now on.
+        self.epoch = epoch
+        self._cap = max_batch_bytes
+        self._connect_timeout = connect_timeout
+        self._max_backoff = max_backoff
+        self._links: dict[str, _Link] = {}
+        self._incoming: dict[str, _Incoming] = {}
+        self._stats: dict[str, LinkStats] = {}
+        self._on_frames: FramesCallback | None = None
+        self._on_down: PeerCallback | None = None
+        self._on_up: PeerCallback | None = None
+        self._pack = msgpack.Packer().pack
+        self._closed = False
+
+    # -- callbacks --------------------------------------------------------
+
+    def on_frames(self, callback: FramesCallback) -> None:
+        """``callback(from_node, epoch, frames)`` for every received batch."""
+        self._on_frames = callback
+
+    def on_peer_down(self, callback: PeerCallback) -> None:
+        """``callback(node_id)`` when the outgoing stream to a peer breaks (or
+        its first dial fails): frames queued or in flight may be lost, and
+        ``send`` drops frames to that peer until ``on_peer_up``."""
+        self._on_down = callback
+
+    def on_peer_up(self, callback: PeerCallback) -> None:
+        """``callback(node_id)`` each time a stream to a peer is established."""
+        self._on_up = callback
+
+    # -- outgoing ---------------------------------------------------------
+
+    def connect(self, node_id: str, address: str) -> None:
+        """Keep a stream to ``node_id`` at ``address`` open until disconnect.
+
+        Frames sent before the first dial completes are buffered. Calling it
+        again with a new address redials there; with the same one, no-op.
+        """
+        if self._closed:
+            raise RuntimeError("PeerLinks is closed")
+        if node_id == self.node_id:
+            raise ValueError("a node does not link to itself")
+        link = self._links.get(node_id)
+        if link is not None:
+            if link.address == address:
+                return
+            self.disconnect(node_id)
+        link = _Link(node_id, address, self._cap)
+        self._links[node_id] = link
+        self._stats.setdefault(node_id, LinkStats())
+        link.task = asyncio.get_running_loop().create_task(
+            self._run_link(link), name=f"peerlink-{node_id}"
+        )
+
+    def disconnect(self, node_id: str) -> None:
+        """Stop linking to a peer (it left the membership); drops its outbox.
+
+        No ``on_peer_down``: the caller knows.
+        """
+        link = self._links.pop(node_id, None)
+        if link is None:
+            return
+        link.closed = True
+        dropped = link.outbox.clear()
+        self._stats[node_id].frames_dropped += dropped
+        link.idle.set()
+        if link.task is not None:
+            link.task.cancel()
+
+    def send(self, node_id: str, frame: Any) -> bool:
+        """Queue a msgpack-serialisable frame for a peer; never blocks.
+
+        Returns False when the frame was dropped: unknown peer, or its link is
+        down (``on_peer_down`` has fired or is about to).
+        """
+        link = self._links.get(node_id)
+        if link is None or link.state is LinkState.DOWN:
+            stats = self._stats.get(node_id)
+            if stats is not None:
+                stats.frames_dropped += 1
+            return False
+        link.outbox.add(self._pack(frame), self.epoch)
+        if not link.wake.is_set():
+            link.wake.set()
+            link.idle.clear()
+        return True
+
+    def state(self, node_id: str) -> LinkState | None:
+        link = self._links.get(node_id)
+        return link.state if link is not None else None
+
+    def peers(self) -> dict[str, str]:
+        """Connected-to peers: node id → address."""
+        return {n: link.address for n, link in self._links.items()}
+
+    def buffered_bytes(self, node_id: str) -> int:
+        """Bytes queued for a peer and not yet written: a backpressure signal."""
+        link = self._links.get(node_id)
+        return link.outbox.size if link is not None else 0
+
+    def stats(self, node_id: str) -> LinkStats:
+        return self._stats.setdefault(node_id, LinkStats())
+
+    async def wait_flushed(self, node_id: str, timeout: float | None = None) -> bool:
+        """Wait until everything queued for a peer has been written to its
+        stream (handed to gRPC, not acknowledged by the peer). False on
+        timeout or when the link is not up."""
+        link = self._links.get(node_id)
+        if link is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await link.idle.wait()
+        except TimeoutError:
+            return False
+        return link.state is LinkState.UP and link.outbox.frames == 0
+
+    async def close(self) -> None:
+        """Drop every link (no callbacks) and wait for their tasks to end."""
+        self._closed = True
+        tasks = [link.task for link in self._links.values() if link.task is not None]
+        for node_id in list(self._links):
+            self.disconnect(node_id)
+        await stop_tasks(tasks)
+
+    async def _run_link(self, link: _Link) -> None:
+        failures = 0
+        while not link.stopped():
+            reason = "stream ended"
+            try:
+                await self._session(link)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = _describe(exc)
+            if link.stopped():
+                return
+            if link.state is LinkState.UP:
+                failures = 0
+            failures += 1
+            if link.state is not LinkState.DOWN:
+                link.state = LinkState.DOWN
+                dropped = link.outbox.clear()
+                self._stats[link.node_id].frames_dropped += dropped
+                link.idle.set()
+                log.warning("peer %s (%s) down: %s; %d queued frame(s) dropped",
+                            link.node_id, link.address, reason, dropped)
+                self._fire(self._on_down, link.node_id)
+            else:
+                log.debug("peer %s (%s) still down: %s", link.node_id, link.address, reason)
+            ceiling = min(self._max_backoff, 0.05 * 2.0 ** min(failures, 16))
+            # Timer, not synchronisation: the pause between redials.
+            await asyncio.sleep(ceiling * random.uniform(0.5, 1.0))
+
+    async def _session(self, link: _Link) -> None:
+        channel = grpc.aio.insecure_channel(link.address, options=_CLIENT_OPTIONS)
+        call: Any = None
+        try:
+            stub = peer_pb2_grpc.PeerLinkStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.Link(metadata=((NODE_HEADER, self.node_id),))
+            async with asyncio.timeout(self._connect_timeout):
+                headers = await call.initial_metadata()
+            if link.stopped():
+                return
+            remote = dict(headers or ()).get(NODE_HEADER)
+            if remote != link.node_id:
+                raise ConnectionError(
+                    f"{link.address} answered as node {remote!r}, expected {link.node_id!r}"
+                )
+            link.state = LinkState.UP
+            log.info("peer %s (%s) up", link.node_id, link.address)
+            self._fire(self._on_up, link.node_id)
+            reader = asyncio.create_task(self._await_end(call))
+            writer = asyncio.create_task(self._write_loop(link, call))
+            try:
+                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                await stop_tasks([reader, writer])
+        finally:
+            if call is not None:
+                call.cancel()
+            await channel.close()
+
+    @staticmethod
+    async def _await_end(call: Any) -> None:
+        # The dialled side never writes; a read returns only when the stream
+        # ends or breaks, which is how a silent link notices a dead peer.
+        while (await call.read()) is not grpc.aio.EOF:
+            pass
+
+    async def _write_loop(self, link: _Link, call: Any) -> None:
+        outbox = link.outbox
+        stats = self._stats[link.node_id]
+        while True:
+            chunk = outbox.take()
+            if chunk is None:
+                link.wake.clear()
+                link.idle.set()
+                await link.wake.wait()
+                continue
+            payload = b"".join(chunk.parts)
+            await call.write(
+                Batch(from_node=self.node_id, epoch=chunk.epoch, frames=payload, count=chunk.count)
+            )
+            stats.frames_sent += chunk.count
+            stats.batches_sent += 1
+            stats.bytes_sent += len(payload)
+            stats.batch_sizes[_bucket(chunk.count)] += 1
+
+    # -- incoming ---------------------------------------------------------
+
+    async def serve_stream(self, requests: Any, context: Any) -> None:
+        """The PeerLink.Link handler body (used by PeerLinkServer)."""
+        headers = dict(context.invocation_metadata() or ())
+        from_node = headers.get(NODE_HEADER)
+        if not from_node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {NODE_HEADER}")
+            return
+        await context.send_initial_metadata(((NODE_HEADER, self.node_id),))
+        mine = _Incoming()
+        previous = self._incoming.get(from_node)
+        if previous is not None:
+            previous.superseded = True
+        self._incoming[from_node] = mine
+        stats = self._stats.setdefault(from_node, LinkStats())
+        log.debug("incoming stream from peer %s", from_node)
+        try:
+            async for batch in requests:
+                if mine.superseded:
+                    return
+                frames = self._unpack(batch.frames)
+                if len(frames) != batch.count:
+                    log.error("peer %s sent a batch of %d frame(s) claiming %d; closing its "
+                              "stream", from_node, len(frames), batch.count)
+                    await context.abort(grpc.StatusCode.DATA_LOSS, "frame count mismatch")
+                    return
+                stats.batches_received += 1
+                stats.frames_received += len(frames)
+                callback = self._on_frames
+                if callback is not None:
+                    try:
+                        callback(from_node, batch.epoch, frames)
+                    except Exception:
+                        log.exception("peer-link on_frames callback failed (peer %s)",
+                                      from_node)
+        finally:
+            if self._incoming.get(from_node) is mine:
+                del self._incoming[from_node]
+
+    @staticmethod
+    def _unpack(data: bytes) -> list[Any]:
+        unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=False, max_buffer_size=max(len(data), 1)
+        )
+        unpacker.feed(data)
+        try:
+            return list(unpacker)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            return []
+
+    def _fire(self, callback: PeerCallback | None, node_id: str) -> None:
+        if callback is None:
+            return
+        try:
+            callback(node_id)
+        except Exception:
+            log.exception("peer-link callback failed (peer %s)", node_id)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, TimeoutError):
+        return "handshake timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Servicer:
+    def __init__(self, links: PeerLinks) -> None:
+        self._links = links
+
+    async def Link(self, requests: Any, context: Any) -> None:
+        await self._links.serve_stream(requests, context)
+
+
+class PeerLinkServer:
+    """The gRPC server other nodes dial (``--peer-port``); feeds PeerLinks."""
+
+    def __init__(self, links: PeerLinks, host: str = "0.0.0.0", port: int = 4731) -> None:
+        self._links = links
+        self._host = host
+        self._requested_port = port
+        self._server: Any = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port (useful with port 0)."""
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        peer_pb2_grpc.add_PeerLinkServicer_to_server(  # type: ignore[no-untyped-call]
+            _Servicer(self._links), server
+        )
+        target = f"[{self._host}]" if ":" in self._host else self._host
+        port = server.add_insecure_port(f"{target}:{self._requested_port}")
+        if not port:
+            raise OSError(f"cannot bind the peer port {self._host}:{self._requested_port}")
+        await server.start()
+        self._server = server
+        self.port = int(port)
+        log.info("peer link listening on %s:%d", self._host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)

@@ -1,0 +1,53 @@
+"""Admin text-protocol queries used to synchronise tests with server state."""
+
+from __future__ import annotations
+
+from tests.support.rawclient import RawClient
+from tests.support.waiting import wait_until
+
+Address = tuple[str, int] | str
+
+
+def admin_list(address: Address, command: str) -> list[str]:
+    with RawClient(address) as conn:
+        return conn.admin_list(command)
+
+
+def status(address: Address) -> dict[str, tuple[int, int, int]]:
+    """``status`` as {function: (total, running, workers)}."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for line in admin_list(address, "status"):
+        name, total, running, workers = line.rsplit("\t", 3)
+        out[name] = (int(total), int(running), int(workers))
+    return out
+
+
+def wait_for_status(
+    address: Address,
+    func: str,
+    *,
+    total: int | None = None,
+    running: int | None = None,
+    workers: int | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, int, int]:
+    """Poll ``status`` until ``func`` shows the given counters (None = any)."""
+
+    def check() -> tuple[int, int, int] | None:
+        row = status(address).get(func)
+        if row is None:
+            return None
+        want = (total, running, workers)
+        if all(w is None or w == got for w, got in zip(want, row, strict=True)):
+            return row
+        return None
+
+    try:
+        return wait_until(check, timeout, what=f"{func!r} to show {(total, running, workers)}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; status now: {status(address)}") from None
+
+
+def connection_count(address: Address) -> int:
+    """Open connections the server knows of, including the asking one."""
+    return len(admin_list(address, "workers"))
