@@ -23,13 +23,19 @@ log = logging.getLogger("gearmesh.connection")
 
 
 class GearmanConnection(asyncio.Protocol):
-    __slots__ = ("_decoder", "_node", "_paused", "_transport", "session")
+    __slots__ = ("_decoder", "_flush_scheduled", "_node", "_out", "_paused", "_transport",
+                 "session")
 
     def __init__(self, node: Node) -> None:
         self._node = node
         self._decoder = P.Decoder(node.config.max_packet)
         self._transport: asyncio.Transport | None = None
         self._paused = False
+        # Output is gathered and written once per batch of input (or per loop
+        # iteration for output other connections cause): one send() for many
+        # replies instead of one each, which is most of a small reply's cost.
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
         self.session: Session | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -56,10 +62,22 @@ class GearmanConnection(asyncio.Protocol):
         node.manager.attach(self.session)
 
     def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._node.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
         t = self._transport
         if t is None:
+            out.clear()
             return
-        t.write(data)
+        t.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
         if self._paused and t.get_write_buffer_size() > self._node.config.max_output_buffer:
             log.warning("closing %s: %d bytes of replies unread", self.session,
                         t.get_write_buffer_size())
@@ -94,8 +112,11 @@ class GearmanConnection(asyncio.Protocol):
                     log.info("closing %s: %s", s.peer, text.decode(errors="replace"))
                     self._close()
                     return
+        if self._out:
+            self._flush()  # replies leave now, not a loop iteration later
 
     def _close(self) -> None:
+        self._flush()
         if self._transport is not None:
             self._transport.close()
 

@@ -128,7 +128,8 @@ class Node:
         cfg = self.config
         self.store = open_store(cfg.queue, cfg.data_dir, self.loop.call_soon_threadsafe,
                                 fsync=cfg.fsync, recover=cfg.store_recover,
-                                max_bytes=cfg.store_max_bytes, on_commit=self._on_commit)
+                                max_bytes=cfg.store_max_bytes, on_commit=self._on_commit,
+                                defer=self.loop.call_soon)
         self.manager.store = self.store
 
     def replay(self) -> int:

@@ -97,10 +97,15 @@ class SqliteStore:
     durable = True
 
     def __init__(self, path: Path, post: Post, fsync: str = "batch", recover: bool = False,
-                 max_bytes: int = 0, on_commit: Callable[[CommitStats], None] | None = None
-                 ) -> None:
+                 max_bytes: int = 0, on_commit: Callable[[CommitStats], None] | None = None,
+                 defer: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.path = path
         self._post = post
+        # With `defer` (the event loop's call_soon), adds made in one loop
+        # iteration reach the writer together: one lock round trip, not one each.
+        self._defer = defer
+        self._local: list[tuple[StoredJob, Done]] = []
+        self._local_removes: list[int] = []
         self._on_commit = on_commit
         self._sync = SYNC_MODES[fsync]
         self._max_bytes = max_bytes
@@ -183,18 +188,40 @@ class SqliteStore:
     # -- writing
 
     def add(self, rec: StoredJob, done: Done) -> None:
+        if self._defer is not None:
+            if not self._local and not self._local_removes:
+                self._defer(self._hand_over)
+            self._local.append((rec, done))
+            return
         with self._lock:
             self._adds.append((rec, done))
             if len(self._adds) == 1 and not self._removes:
                 self._lock.notify()
 
+    def _hand_over(self) -> None:
+        adds, removes = self._local, self._local_removes
+        if not adds and not removes:
+            return
+        self._local = []
+        self._local_removes = []
+        with self._lock:
+            self._adds.extend(adds)
+            self._removes.extend(removes)
+            self._lock.notify()
+
     def remove(self, job_id: int) -> None:
+        if self._defer is not None:
+            if not self._local and not self._local_removes:
+                self._defer(self._hand_over)
+            self._local_removes.append(job_id)
+            return
         with self._lock:
             self._removes.append(job_id)
             if len(self._removes) == 1 and not self._adds:
                 self._lock.notify()
 
     def close(self) -> None:
+        self._hand_over()
         with self._lock:
             self._closing = True
             self._lock.notify()
@@ -270,11 +297,12 @@ class SqliteStore:
 
 def open_store(kind: str, data_dir: Path, post: Post, fsync: str = "batch",
                recover: bool = False, max_bytes: int = 0,
-               on_commit: Callable[[CommitStats], None] | None = None) -> Store:
+               on_commit: Callable[[CommitStats], None] | None = None,
+               defer: Callable[[Callable[[], None]], object] | None = None) -> Store:
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite":
         os.makedirs(data_dir, exist_ok=True)
         return SqliteStore(data_dir / "jobs.sqlite3", post, fsync=fsync, recover=recover,
-                           max_bytes=max_bytes, on_commit=on_commit)
+                           max_bytes=max_bytes, on_commit=on_commit, defer=defer)
     raise ValueError(f"unknown queue type {kind!r} (expected sqlite or memory)")
