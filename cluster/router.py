@@ -584,8 +584,8 @@ class Router:
                 del waiting[h]
                 if s is not None:
                     s.send(P.packet(P.WORK_FAIL, h))
-        for h in self._hints.values():
-            h.pop(node_id, None)
+        for hint in self._hints.values():
+            hint.pop(node_id, None)
         for sup in self._supply.values():
             sup.pop(node_id, None)
         for owners in self._contacted.values():
