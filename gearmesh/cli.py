@@ -130,24 +130,30 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
     from node.server import Node, drop_privileges
 
     node = Node(cfg)
+    if cfg.etcd:
+        # Attached (not started) now, so /readyz waits for the cluster join.
+        from cluster.attach import attach_cluster
+        node.extensions.append(attach_cluster(node, cfg))
     try:
         node.open_store()
-        await asyncio.get_running_loop().run_in_executor(None, node.replay)
     except StoreError as e:
         return _startup_error(cfg, str(e))
-    try:
-        await node.listen()
-    except OSError as e:
-        return _startup_error(cfg, f"cannot listen on {cfg.listen}:{cfg.port}: {e.strerror or e}")
+    # HTTP first: /healthz answers and /readyz says "replaying" while a large
+    # queue is read back, so an orchestrator neither kills nor routes to us.
     try:
         await node.start_http()
     except OSError as e:
         host = cfg.http_listen or cfg.listen
         return _startup_error(cfg, f"cannot listen for HTTP on {host}:{cfg.http_port}: "
                                    f"{e.strerror or e}")
-    if cfg.etcd:
-        from cluster.attach import attach_cluster
-        node.extensions.append(attach_cluster(node, cfg))
+    try:
+        await node.replay()
+    except StoreError as e:
+        return _startup_error(cfg, str(e))
+    try:
+        await node.listen()
+    except OSError as e:
+        return _startup_error(cfg, f"cannot listen on {cfg.listen}:{cfg.port}: {e.strerror or e}")
     if cfg.pid_file:
         # Before dropping privileges, as gearmand does: /var/run is root's.
         try:

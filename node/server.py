@@ -86,6 +86,8 @@ class Node:
     def readiness(self) -> tuple[bool, str]:
         if not self._replayed:
             return False, "replaying the job store"
+        if self._server is None:
+            return False, "opening the Gearman port"
         if self._draining:
             return False, "draining"
         for ext in self.extensions:
@@ -132,7 +134,9 @@ class Node:
                                 defer=self.loop.call_soon)
         self.manager.store = self.store
 
-    def replay(self) -> int:
+    async def replay(self) -> int:
+        """Queue the stored background jobs again. Runs on the loop (the job
+        manager is single-threaded) in slices, so HTTP keeps answering."""
         assert self.store is not None
         m = self.manager
         m.next_id = max(m.next_id, self.store.next_id())
@@ -140,6 +144,8 @@ class Node:
         for rec in self.store.load():
             m.restore(rec)
             n += 1
+            if n % 5000 == 0:
+                await asyncio.sleep(0)
         self._replayed = True
         if n:
             log.warning("replayed %d background jobs from %s", n, self.config.data_dir)
