@@ -107,7 +107,6 @@ class Membership:
 
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._client: aetcd.Client | None = None
         self._lease_id: int | None = None
         self._registered = asyncio.Event()
 
@@ -213,7 +212,6 @@ class Membership:
             client = aetcd.Client(
                 host, port, timeout=self._rpc_timeout, options=dict(_CHANNEL_OPTIONS)
             )
-            self._client = client
             try:
                 await self._session(client, f"{host}:{port}")
             except asyncio.CancelledError:
@@ -229,7 +227,6 @@ class Membership:
                 await asyncio.sleep(delay)
             finally:
                 self._registered.clear()
-                self._client = None
                 await self._close_client(client)
 
     async def _session(self, client: aetcd.Client, where: str) -> None:
@@ -453,7 +450,9 @@ class Membership:
     async def _close_client(self, client: aetcd.Client) -> None:
         try:
             async with asyncio.timeout(self._rpc_timeout):
-                await client.close()
+                # Shielded: a repeated cancel from stop_task must not leave
+                # the channel half-closed.
+                await asyncio.shield(client.close())
         except Exception as exc:
             log.debug("closing etcd client failed: %r", exc)
 

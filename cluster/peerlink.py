@@ -385,6 +385,9 @@ class PeerLinks:
             if link.stopped():
                 return
             remote = dict(headers or ()).get(NODE_HEADER)
+            if remote is None and call.done():
+                # No headers because the call failed before any arrived.
+                raise ConnectionError(f"{(await call.code()).name}: {await call.details()}")
             if remote != link.node_id:
                 raise ConnectionError(
                     f"{link.address} answered as node {remote!r}, expected {link.node_id!r}"
@@ -403,7 +406,9 @@ class PeerLinks:
         finally:
             if call is not None:
                 call.cancel()
-            await channel.close()
+            # Shielded: a repeated cancel from stop_task must not leave the
+            # channel half-closed.
+            await asyncio.shield(channel.close())
 
     @staticmethod
     async def _await_end(call: Any) -> None:
