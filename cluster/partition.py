@@ -35,7 +35,8 @@ def stable_hash(key: bytes) -> int:
 
 
 def partition_of(key: bytes) -> int:
-    """The partition of a job key (function name, NUL, unique id)."""
+    """The partition of a job key: the unique id (the payload for unique
+    ``-``), see cluster/router.py for why the function is left out."""
     return stable_hash(key) % PARTITIONS
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -211,9 +212,13 @@ def serve(ns: argparse.Namespace) -> int:
     setup_logging(cfg)
     try:
         import uvloop
-        return uvloop.run(_serve(cfg, ready_fd))
+        rc = uvloop.run(_serve(cfg, ready_fd))
     except ImportError:
-        return asyncio.run(_serve(cfg, ready_fd))
+        rc = asyncio.run(_serve(cfg, ready_fd))
+    # The loop's signal handlers are gone; a second SIGTERM from an impatient
+    # supervisor must not turn a clean exit into "killed by signal".
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -632,14 +632,7 @@ class JobManager:
         WORK_FAIL once the retry limit is reached."""
         if job.state != RUNNING:
             return
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
-        fn = job.fn
-        fn.running -= 1
-        job.worker = None
         job.retries += 1
-        job.num = job.den = 0
         limit = self.config.job_retries
         if limit and job.retries >= limit:
             log.info("job %d failed after %d attempts", job.id, job.retries)
@@ -647,11 +640,20 @@ class JobManager:
             self.counters.failed += 1
             self._fail_listeners(job)
             return
-        self.counters.requeued += 1
         if job.listeners is None and not job.bg:
             # Every client gave up on it while it ran: nobody wants it any more.
             self._finish(job)
             return
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        w = job.worker
+        if w is not None:
+            w.held.discard(job)
+        job.worker = None
+        job.fn.running -= 1
+        job.num = job.den = 0
+        self.counters.requeued += 1
         self._enqueue(job)
 
     # ------------------------------------------------------------------ results
