@@ -17,7 +17,6 @@ import base64
 import json
 import re
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -142,7 +141,10 @@ class Cluster:
     ) -> None:
         self.base_dir = base_dir
         self._own_etcd = etcd is None
-        self.etcd = etcd or EtcdServer(data_dir=str(base_dir / "etcd"))
+        if etcd is None:
+            (base_dir / "etcd").mkdir(parents=True, exist_ok=True)
+            etcd = EtcdServer(data_dir=str(base_dir / "etcd"))
+        self.etcd = etcd
         self.prefix = prefix.rstrip("/")
         self.queue = queue
         self.lease_ttl = lease_ttl
