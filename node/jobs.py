@@ -171,6 +171,7 @@ class JobManager:
         self._delay_at = 0.0
         self.on_idle: Callable[[], None] | None = None  # called when the last job leaves
         self.cluster: Cluster | None = None  # set by the cluster layer; None = standalone
+        self._cancelled: set[int] = set()  # running jobs cancelled, until their worker is done
         handlers: list[Callable[[Session, tuple[bytes, ...]], None]] = [self._invalid] * 43
         for ptype, (prio, bg) in _SUBMITS.items():
             handlers[ptype] = self._routed(ptype, self._submit_handler(prio, bg))
@@ -210,7 +211,7 @@ class JobManager:
         """The peer is gone: requeue what it ran, detach what it waited on."""
         s.closed = True
         self.sessions.pop(s.id, None)
-        self._unwake(s)
+        woken = self._unwake(s)
         self._stop_sleeping(s)
         for fn, _ in s.regs:
             fn.workers -= 1
@@ -223,6 +224,15 @@ class JobManager:
         for job in s.listening:
             self._drop_listener(job, s)
         s.listening.clear()
+        self._pass_wakes_on(woken)
+
+    def _pass_wakes_on(self, woken: list[Function] | None) -> None:
+        """A woken worker went away or took something else: the jobs it was
+        coming for need another worker."""
+        if woken:
+            for fn in woken:
+                if fn.queued > fn.waking and (fn.sleepers or self.cluster is not None):
+                    self._ensure_awake(fn)
 
     def handle(self, s: Session, ptype: int, args: tuple[bytes, ...]) -> None:
         self.handlers[ptype](s, args)
@@ -237,7 +247,8 @@ class JobManager:
         if not handle.startswith(prefix):
             return None
         digits = handle[len(prefix):]
-        if not digits.isdigit() or len(digits) > 19:
+        # Handles are exact strings: "H:x:01" is not "H:x:1".
+        if not digits.isdigit() or len(digits) > 19 or digits[0] == 48:
             return None
         return self.jobs.get(int(digits))
 
@@ -448,6 +459,9 @@ class JobManager:
             fn.sleepers[s] = None
             if self.cluster is not None:
                 self.cluster.sleepers_changed(fn)
+            if fn.queued > fn.waking:
+                # gearmand leaves it asleep; a NOOP is always safe to send.
+                self._ensure_awake(fn)
 
     def _cant_do(self, s: Session, args: tuple[bytes, ...]) -> None:
         name = args[0]
@@ -457,7 +471,7 @@ class JobManager:
         self._unregister(s, lambda fn: True)
 
     def _unregister(self, s: Session, match: Callable[[Function], bool]) -> None:
-        self._unwake(s)
+        woken = self._unwake(s)
         keep = []
         for fn, t in s.regs:
             if match(fn):
@@ -470,6 +484,7 @@ class JobManager:
         for job in [j for j in s.held if match(j.fn)]:
             s.held.discard(job)
             self._requeue(job)
+        self._pass_wakes_on(woken)
 
     def _pre_sleep(self, s: Session, args: tuple[bytes, ...]) -> None:
         for fn, _ in s.regs:
@@ -517,10 +532,10 @@ class JobManager:
         self._stop_sleeping(s)
         s.noop_sent = True
         if counted:
-            woken = []
-            for fn, _ in s.regs:
+            # One worker is one wake per function, however often it registered it.
+            woken = list(dict.fromkeys(fn for fn, _ in s.regs))
+            for fn in woken:
                 fn.waking += 1
-                woken.append(fn)
             s.woken = woken
         s.send(P.NOOP_PACKET)
 
@@ -560,10 +575,7 @@ class JobManager:
             s.send(self.assignment(job, kind))
         elif self.cluster is None or not self.cluster.grab(s, kind):
             s.send(P.NO_JOB_PACKET)
-        if woken:
-            for fn in woken:
-                if fn.queued > fn.waking and (fn.sleepers or self.cluster is not None):
-                    self._ensure_awake(fn)
+        self._pass_wakes_on(woken)
         return job
 
     def assignment(self, job: Job, kind: int) -> bytes:
@@ -768,6 +780,12 @@ class JobManager:
 
     def _forget(self, job: Job) -> None:
         self.jobs.pop(job.id, None)
+        self._cancelled.discard(job.id)
+        self._unindex(job)
+        if not self.jobs and self.on_idle is not None:
+            self.on_idle()
+
+    def _unindex(self, job: Job) -> None:
         if job.unique:
             fn = job.fn
             if job.unique == b"-":
@@ -775,8 +793,6 @@ class JobManager:
                     del fn.dash[job.payload]
             elif fn.uniques.get(job.unique) is job:
                 del fn.uniques[job.unique]
-        if not self.jobs and self.on_idle is not None:
-            self.on_idle()
 
     def _release_listeners(self, job: Job) -> None:
         listeners = job.listeners
@@ -827,8 +843,14 @@ class JobManager:
         elif state == PENDING:
             return False  # not acknowledged yet; nothing a client could have cancelled
         if state == RUNNING:
-            # The worker keeps it; its late result is accepted and dropped.
-            self._forget(job)
+            if job.id in self._cancelled:
+                return False
+            # The worker keeps it: its late result is accepted and dropped, and
+            # a worker loss or timeout finds nobody wanting it (not background,
+            # no listeners) and ends it. The unique is free for a new job now.
+            self._cancelled.add(job.id)
+            self._unindex(job)
+            job.bg = False
             if job.stored:
                 self.store.remove(job.id)
                 job.stored = False

@@ -249,7 +249,8 @@ class SqliteStore:
                     rows = [(r.id, pack([r.function, r.unique, r.priority, r.payload, r.when,
                                          r.reducer])) for r, _ in adds]
                     conn.executemany("INSERT OR REPLACE INTO jobs (id, rec) VALUES (?, ?)", rows)
-                    top = adds[-1][0].id + 1
+                    # Not the last add: a foreground job made background carries an older id.
+                    top = max(r.id for r, _ in adds) + 1
                     if top > high:
                         high = top
                         conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('next_id', ?)",
