@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.rawclient import RawClient, T
+from tests.support.servers import GEARMESH as KIND
 from tests.support.servers import ServerProcess, free_port
 from tests.support.waiting import wait_until
 
@@ -135,7 +136,7 @@ def test_gearmand_start_line_works() -> None:
 
 @pytest.mark.timeout(60)
 def test_sigterm_lets_a_running_job_finish() -> None:
-    with ServerProcess(["--grace", "20"]) as server, \
+    with ServerProcess(kind=KIND, extra_args=["--grace", "20"]) as server, \
             RawClient(server.address) as worker, RawClient(server.address) as client:
         worker.can_do(b"slow")
         handle = client.submit(b"slow", b"", b"x")
@@ -150,7 +151,7 @@ def test_sigterm_lets_a_running_job_finish() -> None:
 
 @pytest.mark.timeout(60)
 def test_sigusr1_exits_when_the_last_job_is_done() -> None:
-    with ServerProcess() as server, RawClient(server.address) as worker, \
+    with ServerProcess(kind=KIND) as server, RawClient(server.address) as worker, \
             RawClient(server.address) as client:
         worker.can_do(b"f")
         handle = client.submit(b"f", b"", b"x")

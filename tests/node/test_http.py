@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.rawclient import RawClient, T
-from tests.support.servers import ServerProcess, free_port
+from tests.support.servers import GEARMESH, ServerProcess, free_port
 from tests.support.waiting import wait_until
 
 
@@ -46,7 +46,7 @@ def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 @pytest.mark.timeout(60)
 def test_metrics_match_gearadmin_status() -> None:
     http = free_port()
-    with ServerProcess(["--http-port", str(http)]) as server, \
+    with ServerProcess(kind=GEARMESH, extra_args=["--http-port", str(http)]) as server, \
             RawClient(server.address) as client, RawClient(server.address) as worker:
         for i in range(3):
             client.submit(b"resize", f"u{i}".encode(), b"x", ptype=T.SUBMIT_JOB_BG)
@@ -118,7 +118,8 @@ def test_readyz_waits_for_replay(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_readyz_says_draining_during_sigterm_grace() -> None:
     http = free_port()
-    with ServerProcess(["--http-port", str(http), "--grace", "30"]) as server, \
+    args = ["--http-port", str(http), "--grace", "30"]
+    with ServerProcess(kind=GEARMESH, extra_args=args) as server, \
             RawClient(server.address) as client, RawClient(server.address) as worker:
         assert get(http, "/readyz") == (200, "ready\n")
         worker.can_do(b"f")

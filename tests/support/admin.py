@@ -43,9 +43,10 @@ def wait_for_status(
         return None
 
     try:
-        return wait_until(check, timeout, what=f"{func!r} to show {(total, running, workers)}")
+        row = wait_until(check, timeout, what=f"{func!r} to show {(total, running, workers)}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; status now: {status(address)}") from None
+    return row
 
 
 def connection_count(address: Address) -> int:

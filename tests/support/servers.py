@@ -150,23 +150,27 @@ class ServerProcess:
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> ServerProcess:
+        """Launch (unless launch() was already called) and wait until ready."""
         # free_port() can race with other processes; a server that lost the
         # race exits at once, so a few fresh attempts make that harmless.
         last_error: ServerStartError | None = None
-        for _attempt in range(3):
+        for attempt in range(3):
+            if attempt or self._proc is None:
+                self.launch()
             try:
-                self._start_once(free_port())
+                self.wait_ready()
                 return self
             except ServerStartError as exc:
                 last_error = exc
-                if self._proc is not None and self._proc.poll() is None:
+                if self.running:
                     break  # alive but not answering: retrying will not help
         self.stop()
         assert last_error is not None
         raise last_error
 
-    def _start_once(self, port: int) -> None:
-        self.port = port
+    def launch(self) -> None:
+        """Start the process on a fresh port without waiting for it."""
+        self.port = port = free_port()
         env = dict(os.environ)
         env.pop("GEARMAND_PORT", None)  # gearmand would let it override -p
         if self.env:
@@ -183,18 +187,24 @@ class ServerProcess:
                 env=env,
                 start_new_session=True,  # a Ctrl-C of pytest must not hit it first
             )
+
+    def wait_ready(self) -> None:
+        """Poll until the server answers ECHO, or raise ServerStartError."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("server not launched")
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 raise ServerStartError(
-                    f"{self.kind} exited with {self._proc.returncode} before accepting "
+                    f"{self.kind} exited with {proc.returncode} before accepting "
                     f"connections:\n{self.log_text()}"
                 )
-            if _echo_roundtrip(port, timeout=1.0):
+            if _echo_roundtrip(self.port, timeout=1.0):
                 return
             time.sleep(0.02)  # polling interval, not a synchronisation delay
         raise ServerStartError(
-            f"{self.kind} did not answer on port {port} within {self.start_timeout}s:\n"
+            f"{self.kind} did not answer on port {self.port} within {self.start_timeout}s:\n"
             f"{self.log_text()}"
         )
 

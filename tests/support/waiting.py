@@ -10,7 +10,7 @@ R = TypeVar("R")
 
 
 def wait_until(
-    check: Callable[[], R],
+    check: Callable[[], R | None],
     timeout: float = 10.0,
     interval: float = 0.02,
     what: str = "condition",
@@ -22,7 +22,7 @@ def wait_until(
     deadline passes.
     """
     deadline = time.monotonic() + timeout
-    last: R = check()
+    last = check()
     while not last:
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
