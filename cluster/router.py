@@ -93,6 +93,7 @@ class RemoteSession(Session):
     """A client or worker connected to another node, as this (owner) node sees it."""
 
     __slots__ = ("conn", "links", "node_id", "rid")
+    holds_replies = False
 
     def __init__(self, sid: int, links: PeerLinks, node_id: str, conn: int) -> None:
         super().__init__(sid, self._write_out, node_id)

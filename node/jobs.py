@@ -765,6 +765,7 @@ class JobManager:
         prev = job.state
         job.state = GONE
         fn = job.fn
+        worker = job.worker
         if prev == RUNNING:
             fn.running -= 1
             w = job.worker
@@ -776,7 +777,14 @@ class JobManager:
             job.timer = None
         self._forget(job)
         if job.stored and job.waiters is None:
-            self.store.remove(job.id)
+            if worker is not None and worker.holds_replies and self.store.durable:
+                # The worker's next reply waits for the deletion to be durable,
+                # so a job whose worker has heard back never runs again after
+                # a crash: only jobs still running at the crash can.
+                slot = worker.reserve()
+                self.store.remove(job.id, lambda err: worker.fill(slot, b""))
+            else:
+                self.store.remove(job.id)
 
     def _forget(self, job: Job) -> None:
         self.jobs.pop(job.id, None)

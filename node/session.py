@@ -29,6 +29,11 @@ class Slot:
 
 
 class Session:
+    # Whether the manager may hold this peer's next replies until a finished
+    # job's deletion is durable (see JobManager._finish). Proxies for peers on
+    # other nodes say no: their node orders their replies.
+    holds_replies = True
+
     __slots__ = (
         "_out",
         "_pending",
@@ -98,7 +103,7 @@ class Session:
             else:
                 data = head  # type: ignore[assignment]
             out.popleft()
-            if not self.closed:
+            if data and not self.closed:
                 self.write(data)
 
     @property

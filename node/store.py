@@ -54,7 +54,9 @@ class Store(Protocol):
 
     def add(self, rec: StoredJob, done: Done) -> None: ...
 
-    def remove(self, job_id: int) -> None: ...
+    def remove(self, job_id: int, done: Done | None = None) -> None:
+        """Forget a finished job; ``done`` (if given) once that is durable."""
+        ...
 
     def load(self) -> Iterator[StoredJob]: ...
 
@@ -71,8 +73,9 @@ class MemoryStore:
     def add(self, rec: StoredJob, done: Done) -> None:
         done(None)
 
-    def remove(self, job_id: int) -> None:
-        pass
+    def remove(self, job_id: int, done: Done | None = None) -> None:
+        if done is not None:
+            done(None)
 
     def load(self) -> Iterator[StoredJob]:
         return iter(())
@@ -106,12 +109,14 @@ class SqliteStore:
         self._defer = defer
         self._local: list[tuple[StoredJob, Done]] = []
         self._local_removes: list[int] = []
+        self._local_waiters: list[Done] = []
         self._on_commit = on_commit
         self._sync = SYNC_MODES[fsync]
         self._max_bytes = max_bytes
         self._lock = threading.Condition()
         self._adds: list[tuple[StoredJob, Done]] = []
         self._removes: list[int] = []
+        self._remove_waiters: list[Done] = []
         self._closing = False
         self._failing = False
         self._next_id = 1
@@ -199,24 +204,30 @@ class SqliteStore:
                 self._lock.notify()
 
     def _hand_over(self) -> None:
-        adds, removes = self._local, self._local_removes
+        adds, removes, waiters = self._local, self._local_removes, self._local_waiters
         if not adds and not removes:
             return
         self._local = []
         self._local_removes = []
+        self._local_waiters = []
         with self._lock:
             self._adds.extend(adds)
             self._removes.extend(removes)
+            self._remove_waiters.extend(waiters)
             self._lock.notify()
 
-    def remove(self, job_id: int) -> None:
+    def remove(self, job_id: int, done: Done | None = None) -> None:
         if self._defer is not None:
             if not self._local and not self._local_removes:
                 self._defer(self._hand_over)
             self._local_removes.append(job_id)
+            if done is not None:
+                self._local_waiters.append(done)
             return
         with self._lock:
             self._removes.append(job_id)
+            if done is not None:
+                self._remove_waiters.append(done)
             if len(self._removes) == 1 and not self._adds:
                 self._lock.notify()
 
@@ -241,6 +252,8 @@ class SqliteStore:
                 del self._adds[:_MAX_BATCH]
                 removes = self._removes
                 self._removes = []
+                waiters = self._remove_waiters
+                self._remove_waiters = []
             t0 = time.perf_counter()
             err: BaseException | None = None
             try:
@@ -275,8 +288,10 @@ class SqliteStore:
                 if not adds:
                     self._lock_wait_backoff()
             stats = CommitStats(len(adds), time.perf_counter() - t0)
-            if adds or self._on_commit:
-                self._post(self._callback(adds, err, stats))
+            if adds or waiters or self._on_commit:
+                # A failed delete is retried with the next transaction, but
+                # whoever waits on it is not held up for ever: it hears the error.
+                self._post(self._callback(adds, waiters, err, stats))
         conn.close()
 
     def _lock_wait_backoff(self) -> None:
@@ -284,12 +299,14 @@ class SqliteStore:
         with self._lock:
             self._lock.wait(timeout=0.5)
 
-    def _callback(self, adds: list[tuple[StoredJob, Done]], err: BaseException | None,
-                  stats: CommitStats) -> Callable[[], None]:
+    def _callback(self, adds: list[tuple[StoredJob, Done]], waiters: list[Done],
+                  err: BaseException | None, stats: CommitStats) -> Callable[[], None]:
         on_commit = self._on_commit
 
         def deliver() -> None:
             for _, done in adds:
+                done(err)
+            for done in waiters:
                 done(err)
             if on_commit is not None:
                 on_commit(stats)

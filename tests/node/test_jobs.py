@@ -1156,8 +1156,11 @@ class HeldStore:
     def add(self, rec: StoredJob, done: Callable[[BaseException | None], None]) -> None:
         self.pending.append((rec, done))
 
-    def remove(self, job_id: int) -> None:
+    def remove(self, job_id: int,
+               done: Callable[[BaseException | None], None] | None = None) -> None:
         self.removed.append(job_id)
+        if done is not None:
+            done(None)  # deletes are durable at once here
 
     def commit(self, err: BaseException | None = None) -> list[StoredJob]:
         batch, self.pending = self.pending, []
@@ -1203,6 +1206,43 @@ def test_background_job_is_not_runnable_before_commit(make_harness) -> None:
     assert w.grab() == assign(b"H:t:1", b"f", b"x")
     w.send(P.WORK_COMPLETE, b"H:t:1", b"")
     assert store.removed == [1]
+
+
+class HeldDeleteStore(HeldStore):
+    """Deletes, too, are durable only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delete_waiters: list[Callable[[BaseException | None], None]] = []
+
+    def remove(self, job_id: int,
+               done: Callable[[BaseException | None], None] | None = None) -> None:
+        self.removed.append(job_id)
+        if done is not None:
+            self.delete_waiters.append(done)
+
+    def commit_deletes(self) -> None:
+        waiters, self.delete_waiters = self.delete_waiters, []
+        for done in waiters:
+            done(None)
+
+
+def test_worker_hears_back_only_after_the_completed_job_is_deleted(make_harness) -> None:
+    # A worker that got a reply after its WORK_COMPLETE knows the job will not
+    # run again after a crash: the deletion was durable before that reply.
+    store = HeldDeleteStore()
+    h = make_harness(store=store)
+    c, w = h.peer(), h.peer()
+    w.can_do(b"f")
+    c.send(P.SUBMIT_JOB_BG, b"f", b"", b"x")
+    store.commit()
+    c.recv()
+    handle = w.grab_handle()
+    w.send(P.WORK_COMPLETE, handle, b"")
+    w.send(P.ECHO_REQ, b"next")
+    assert w.recv() == []  # held behind the deletion
+    store.commit_deletes()
+    assert w.recv() == [(P.ECHO_RES, b"next")]
 
 
 def test_failed_commit_answers_queue_error_and_drops_the_job(make_harness) -> None:
@@ -1299,8 +1339,10 @@ class _ModelStore(HeldStore):
                 self.rows[rec.id] = rec
         return super().commit(err)
 
-    def remove(self, job_id: int) -> None:
+    def remove(self, job_id: int,
+               done: Callable[[BaseException | None], None] | None = None) -> None:
         self.rows.pop(job_id, None)
+        super().remove(job_id, done)
 
 
 class _Client:
