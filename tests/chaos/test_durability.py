@@ -513,12 +513,13 @@ def junk_file(path: Path) -> None:
 
 
 def damage_pages(path: Path) -> None:
-    """Keep the header, overwrite the pages after the first with junk."""
-    size = path.stat().st_size
-    assert size >= 4 * 4096, size
+    """Keep the first page (header and schema), overwrite the next two with junk."""
+    data = path.read_bytes()
+    page = int.from_bytes(data[16:18], "big") or 65536  # the header says the page size
+    assert len(data) >= 3 * page, (len(data), page)
     with open(path, "r+b") as f:
-        f.seek(4096)
-        f.write(b"\xde\xad\xbe\xef" * (2 * 4096 // 4))
+        f.seek(page)
+        f.write(b"\xde\xad\xbe\xef" * (2 * page // 4))
 
 
 def serve_argv(srv: ServerProcess, *extra: str) -> list[str]:
@@ -538,7 +539,8 @@ def test_corrupt_store_refuses_to_start_unless_recover(
     for _ in range(300):
         c.expect(T.JOB_CREATED)
     c.close()
-    assert srv.stop() == 0  # a clean stop checkpoints the WAL into the file
+    rc = srv.stop()
+    assert rc == 0, (rc, srv.log_text())  # a clean stop checkpoints the WAL into the file
     store = data_dir(srv) / STORE_FILE
     corrupt(store)
     damaged = store.read_bytes()
