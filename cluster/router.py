@@ -79,6 +79,7 @@ _BG_TYPES: Final = frozenset({P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH_BG, P.SUBMIT_JO
 _FINAL_TYPES: Final = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
 WAKE_TTL: Final = 1.0  # seconds a sent wake counts as "a worker is coming"
 TICK: Final = 0.25
+SUPPLY_DELAY: Final = 0.05  # how stale a non-zero sleeper count may be
 
 
 class RemoteSlot(Slot):
@@ -175,6 +176,8 @@ class Router:
         # advertising our own sleepers
         self._dirty: set[bytes] = set()
         self._flush_scheduled = False
+        self._advertised: dict[bytes, int] = {}
+        self._late: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._tick: asyncio.TimerHandle | None = None
         self._handle_prefix = b"H:"
@@ -401,21 +404,41 @@ class Router:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_supply)
 
-    def _flush_supply(self) -> None:
+    def _flush_supply(self, everything: bool = False) -> None:
+        """Advertise our sleeping workers. Under load the counts flip on every
+        job; a message per flip would double the peer traffic. So a function
+        going from none to some sleepers (or back) is told at once, and other
+        changes at most every SUPPLY_DELAY."""
         self._flush_scheduled = False
+        if everything:
+            self._late = None
         if not self._dirty:
             return
         funcs = self.m.functions
+        advertised = self._advertised
         sup = {}
-        for name in self._dirty:
+        later = False
+        for name in list(self._dirty):
             fn = funcs.get(name)
-            sup[name] = len(fn.sleepers) if fn is not None else 0
-        self._dirty.clear()
-        for node_id in self._peers():
-            self.links.send(node_id, [SUP, sup])
+            n = len(fn.sleepers) if fn is not None else 0
+            before = advertised.get(name, 0)
+            if n == before:
+                self._dirty.discard(name)
+            elif everything or (n == 0) != (before == 0):
+                sup[name] = n
+                advertised[name] = n
+                self._dirty.discard(name)
+            else:
+                later = True
+        if sup:
+            for node_id in self._peers():
+                self.links.send(node_id, [SUP, sup])
+        if later and self._late is None:
+            self._late = self._loop.call_later(SUPPLY_DELAY, self._flush_supply, True)
 
     def _advertise_all(self, node_id: str) -> None:
         sup = {fn.name: len(fn.sleepers) for fn in self.m.functions.values() if fn.sleepers}
+        self._advertised.update(sup)
         if sup:
             self.links.send(node_id, [SUP, sup])
 
@@ -607,3 +630,6 @@ class Router:
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        if self._late is not None:
+            self._late.cancel()
+            self._late = None
