@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from gearmesh.bench import wire
 from gearmesh.bench.wire import PacketProtocol, Server
+from node import protocol as P
 
 # A worker's job handler: (unique, data) -> result data for WORK_COMPLETE.
 Handler = Callable[[bytes, bytes], bytes]
@@ -97,19 +98,19 @@ class Submitter(PacketProtocol):
         if self.send_unique:
             for i in jobs:
                 key = prefix + b"%d." % i
-                parts.append(mk(wire.SUBMIT_JOB_BG, func, key, payload(key, size)))
+                parts.append(mk(P.SUBMIT_JOB_BG, func, key, payload(key, size)))
         else:
             for i in jobs:
                 key = prefix + b"%d." % i
-                parts.append(mk(wire.SUBMIT_JOB_BG, func, b"", payload(key, size)))
+                parts.append(mk(P.SUBMIT_JOB_BG, func, b"", payload(key, size)))
         self.pending += len(jobs)
         self.stats.sent += len(jobs)
         self.write(b"".join(parts))
 
     def on_packet(self, ptype: int, payload: bytes) -> None:
-        if ptype == wire.JOB_CREATED:
+        if ptype == P.JOB_CREATED:
             self.stats.acked += 1
-        elif ptype == wire.ERROR:
+        elif ptype == P.ERROR:
             self.stats.errors += 1
             if not self.stats.first_error:
                 self.stats.first_error = wire.error_text(payload)
@@ -160,17 +161,17 @@ class WorkerConn(PacketProtocol):
 
     def on_packet(self, ptype: int, payload: bytes) -> None:
         w = self.worker
-        if ptype == wire.JOB_ASSIGN_UNIQ:
+        if ptype == P.JOB_ASSIGN_UNIQ:
             handle, _func, unique, data = payload.split(b"\0", 3)
             w.on_assign(self.index, handle, unique, data)
-        elif ptype == wire.NO_JOB:
+        elif ptype == P.NO_JOB:
             w.on_no_job(self.index)
-        elif ptype == wire.NOOP:
+        elif ptype == P.NOOP:
             w.on_noop(self.index)
-        elif ptype == wire.JOB_ASSIGN:
+        elif ptype == P.JOB_ASSIGN:
             handle, _func, data = payload.split(b"\0", 2)
             w.on_assign(self.index, handle, b"", data)
-        elif ptype == wire.ERROR:
+        elif ptype == P.ERROR:
             w.on_error(payload)
         else:
             w.stats.unexpected += 1
@@ -218,7 +219,7 @@ class Worker:
             conn = await wire.open_connection(server, functools.partial(WorkerConn, self, i))
             self.conns.append(conn)
             self.alive.append(True)
-        can_do = wire.packet(wire.CAN_DO, self.func)
+        can_do = wire.packet(P.CAN_DO, self.func)
         for conn in self.conns:
             conn.write(can_do)
 

@@ -16,29 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-REQ = b"\0REQ"
-RES = b"\0RES"
-
-CAN_DO = 1
-PRE_SLEEP = 4
-NOOP = 6
-SUBMIT_JOB = 7
-JOB_CREATED = 8
-GRAB_JOB = 9
-NO_JOB = 10
-JOB_ASSIGN = 11
-WORK_STATUS = 12
-WORK_COMPLETE = 13
-WORK_FAIL = 14
-ECHO_REQ = 16
-ECHO_RES = 17
-SUBMIT_JOB_BG = 18
-ERROR = 19
-WORK_EXCEPTION = 25
-WORK_DATA = 28
-WORK_WARNING = 29
-GRAB_JOB_UNIQ = 30
-JOB_ASSIGN_UNIQ = 31
+# The packet numbers are the node's own (node/protocol.py is sans-IO and cheap
+# to import); the load generator only adds fast framing of its own.
+from node.protocol import GRAB_JOB_UNIQ, PRE_SLEEP, REQ, RES, WORK_COMPLETE
 
 _HEADER = struct.Struct(">4sII")
 HEADER_SIZE = _HEADER.size

@@ -38,6 +38,7 @@ from gearmesh.bench.scenarios.common import (
     worker_result,
 )
 from gearmesh.bench.stats import fmt_ms, fmt_rate, latency_summary, percentile
+from node import protocol as P
 
 # Phases: 1 connected (workers start), 2 go, 3 clients finished.
 
@@ -112,7 +113,7 @@ class BurstClient(wire.PacketProtocol):
         self.busy = True
         self.t0 = now
         self.rec.submitted += 1
-        ptype = wire.SUBMIT_JOB if self.fg else wire.SUBMIT_JOB_BG
+        ptype = P.SUBMIT_JOB if self.fg else P.SUBMIT_JOB_BG
         self.write(wire.submit_packet(ptype, self.func, unique, self.expect))
 
     def _done(self, latency: float) -> None:
@@ -130,12 +131,12 @@ class BurstClient(wire.PacketProtocol):
             self._next()
 
     def on_packet(self, ptype: int, payload: bytes) -> None:
-        if ptype == wire.JOB_CREATED:
+        if ptype == P.JOB_CREATED:
             if self.fg:
                 self.handle = payload
             else:
                 self._done(time.monotonic() - self.t0)
-        elif ptype == wire.WORK_COMPLETE:
+        elif ptype == P.WORK_COMPLETE:
             handle, _, data = payload.partition(b"\0")
             if not self.fg or handle != self.handle:
                 self.rec.error("stray WORK_COMPLETE")
@@ -143,14 +144,14 @@ class BurstClient(wire.PacketProtocol):
             if data != self.expect:
                 self.rec.mismatch += 1
             self._done(time.monotonic() - self.t0)
-        elif ptype == wire.ERROR:
+        elif ptype == P.ERROR:
             code = payload.partition(b"\0")[0].decode(errors="replace")
             self.rec.error(f"ERROR {code}")
             self._after()
-        elif ptype in (wire.WORK_FAIL, wire.WORK_EXCEPTION):
-            self.rec.error("WORK_FAIL" if ptype == wire.WORK_FAIL else "WORK_EXCEPTION")
+        elif ptype in (P.WORK_FAIL, P.WORK_EXCEPTION):
+            self.rec.error("WORK_FAIL" if ptype == P.WORK_FAIL else "WORK_EXCEPTION")
             self._after()
-        elif ptype not in (wire.WORK_DATA, wire.WORK_STATUS, wire.WORK_WARNING):
+        elif ptype not in (P.WORK_DATA, P.WORK_STATUS, P.WORK_WARNING):
             self.rec.error(f"unexpected packet {ptype}")
 
     def on_lost(self) -> None:

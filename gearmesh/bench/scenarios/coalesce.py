@@ -28,6 +28,7 @@ from gearmesh.bench.scenarios.common import (
     worker_checks,
     worker_result,
 )
+from node import protocol as P
 
 # Phases: 1 connected, 2 go (submit), 3 all acknowledged (workers start).
 
@@ -57,7 +58,7 @@ class CoalesceClient(wire.PacketProtocol):
     def start(self) -> None:
         mk = wire.submit_packet
         self.write(b"".join(
-            mk(wire.SUBMIT_JOB, self.func, u, wire.payload_for(u, self.size))
+            mk(P.SUBMIT_JOB, self.func, u, wire.payload_for(u, self.size))
             for u in self.uniques
         ))
 
@@ -67,12 +68,12 @@ class CoalesceClient(wire.PacketProtocol):
             self.acked.set_result(None)
 
     def on_packet(self, ptype: int, payload: bytes) -> None:
-        if ptype == wire.JOB_CREATED:
+        if ptype == P.JOB_CREATED:
             # Replies to submits come back in submission order.
             self.by_handle.setdefault(payload, []).append(self.created)
             self.handles.append(payload)
             self._created()
-        elif ptype == wire.WORK_COMPLETE:
+        elif ptype == P.WORK_COMPLETE:
             handle, _, data = payload.partition(b"\0")
             ks = self.by_handle.pop(handle, None)
             if ks is None:
@@ -83,15 +84,15 @@ class CoalesceClient(wire.PacketProtocol):
                 self.results += 1
                 if data != wire.payload_for(self.uniques[k], self.size):
                     self.mismatch += 1
-        elif ptype == wire.ERROR:
+        elif ptype == P.ERROR:
             self.errors += 1
             if not self.first_error:
                 self.first_error = wire.error_text(payload)
             if self.created < len(self.uniques):
                 self._created()
-        elif ptype in (wire.WORK_FAIL, wire.WORK_EXCEPTION):
+        elif ptype in (P.WORK_FAIL, P.WORK_EXCEPTION):
             self.failed += 1
-        elif ptype not in (wire.WORK_DATA, wire.WORK_STATUS, wire.WORK_WARNING):
+        elif ptype not in (P.WORK_DATA, P.WORK_STATUS, P.WORK_WARNING):
             self.unexpected += 1
 
     def on_lost(self) -> None:

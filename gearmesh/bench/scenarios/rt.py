@@ -27,6 +27,7 @@ from gearmesh.bench.scenarios.common import (
     worker_result,
 )
 from gearmesh.bench.stats import fmt_ms, fmt_rate, latency_summary
+from node import protocol as P
 
 # Phases: 1 connected (workers start), 2 go, 3 clients finished.
 
@@ -81,11 +82,11 @@ class RoundTripClient(wire.PacketProtocol):
         self.handle = b""
         self.busy = True
         self.t0 = time.monotonic()
-        self.write(wire.submit_packet(wire.SUBMIT_JOB, self.func, unique, self.expect))
+        self.write(wire.submit_packet(P.SUBMIT_JOB, self.func, unique, self.expect))
 
     def on_packet(self, ptype: int, payload: bytes) -> None:
         st = self.stats
-        if ptype == wire.WORK_COMPLETE:
+        if ptype == P.WORK_COMPLETE:
             now = time.monotonic()
             st.latencies.append(now - self.t0)
             st.done += 1
@@ -94,17 +95,17 @@ class RoundTripClient(wire.PacketProtocol):
             if data != self.expect or handle != self.handle:
                 st.mismatch += 1
             self._next()
-        elif ptype == wire.JOB_CREATED:
+        elif ptype == P.JOB_CREATED:
             self.handle = payload
-        elif ptype in (wire.WORK_FAIL, wire.WORK_EXCEPTION):
+        elif ptype in (P.WORK_FAIL, P.WORK_EXCEPTION):
             st.failed += 1
             self._next()
-        elif ptype == wire.ERROR:
+        elif ptype == P.ERROR:
             st.errors += 1
             if not st.first_error:
                 st.first_error = wire.error_text(payload)
             self._next()
-        elif ptype not in (wire.WORK_DATA, wire.WORK_STATUS, wire.WORK_WARNING):
+        elif ptype not in (P.WORK_DATA, P.WORK_STATUS, P.WORK_WARNING):
             st.unexpected += 1
 
     def on_lost(self) -> None:
