@@ -8,7 +8,7 @@ process's VmRSS from /proc/PID/status, queue --jobs background jobs of
 checks the server reports them all queued), read VmRSS again, and report
 (after - before) / jobs.
 
-    benchmarks/memory.py                          # gearmand, memory, sqlite; 1,000,000 jobs
+    benchmarks/memory.py                          # gearmand, memory, sqlite, gear; 1,000,000 jobs
     benchmarks/memory.py --targets gearmand --jobs 200000 --unique none
 """
 
@@ -94,8 +94,8 @@ def measure(key: str, jobs: int, payload: int, unique: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--targets", default="gearmand,memory,sqlite",
-                    help="comma list of gearmand, memory, sqlite (single-process targets)")
+    ap.add_argument("--targets", default="gearmand,memory,sqlite,gear",
+                    help="comma list of gearmand, memory, sqlite, gear (single-process targets)")
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--payload-size", type=int, default=64)
     ap.add_argument("--unique", choices=("job", "none"), default="job",

@@ -1,7 +1,8 @@
 """Server setups the benchmarks start and stop: gearmand, a standalone
-gearmesh node (memory or SQLite queue), and a gearmesh cluster on a private
-etcd. Every process listens on free loopback ports and lives in its own
-temporary directory, removed on stop."""
+gearmesh node (memory or SQLite queue), a gearmesh cluster on a private
+etcd, and python `gear`'s own server (gear.Server). Every process listens
+on free loopback ports and lives in its own temporary directory, removed on
+stop."""
 
 from __future__ import annotations
 
@@ -85,6 +86,23 @@ class Proc:
         return "\n".join(lines[-n:])
 
 
+def node_counters(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The named unlabelled counters (gearmesh_NAME_total) of one node's
+    /metrics; empty when it cannot be read."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except OSError:
+        return {}
+    want = {f"gearmesh_{n}_total": n for n in names}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in want:
+            out[want[parts[0]]] = float(parts[1])
+    return out
+
+
 class StartFailed(Exception):
     pass
 
@@ -117,6 +135,11 @@ class Target:
         """Process ids of the job servers (not etcd)."""
         return [p.popen.pid for p in self.procs
                 if p.popen is not None and p.name != "etcd"]
+
+    def metrics_urls(self) -> list[str]:
+        """The /metrics URL of each gearmesh node of a cluster (empty for
+        targets that have none worth reading)."""
+        return []
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -182,11 +205,29 @@ class Standalone(Target):
         return f"127.0.0.1:{port}"
 
 
+class GearServer(Target):
+    """python `gear`'s gear.Server, started by benchmarks/gear_server.py (the
+    package's geard script needs python-daemon and logs at DEBUG level)."""
+
+    SCRIPT = ROOT / "benchmarks" / "gear_server.py"
+
+    def command_template(self) -> str:
+        return "python benchmarks/gear_server.py --host 127.0.0.1 --port PORT"
+
+    def launch(self, tmp: Path) -> str:
+        port = free_port()
+        p = self.spawn("gear", [PY, str(self.SCRIPT), "--host", "127.0.0.1",
+                                "--port", str(port)])
+        self.wait_ready(p, port)
+        return f"127.0.0.1:{port}"
+
+
 class Cluster(Target):
     def __init__(self, key: str, label: str, nodes: int, queue: str) -> None:
         super().__init__(key, label)
         self.nodes = nodes
         self.queue = queue
+        self.http_ports: list[int] = []
 
     def command_template(self) -> str:
         return (f"{ETCD} --name bench --data-dir TMP/etcd --listen-client-urls "
@@ -214,8 +255,10 @@ class Cluster(Target):
         self.wait_ready(etcd, cport, ready_url=f"http://127.0.0.1:{cport}/health")
         servers = []
         pending: list[tuple[Proc, int, str]] = []
+        self.http_ports = []
         for n in range(1, self.nodes + 1):
             port, peer, http = free_port(), free_port(), free_port()
+            self.http_ports.append(http)
             p = self.spawn(f"n{n}", [
                 PY, "-m", "gearmesh", "serve", "-L", "127.0.0.1", "-p", str(port),
                 "--http-port", str(http), "--queue", self.queue,
@@ -228,10 +271,14 @@ class Cluster(Target):
             self.wait_ready(p, port, deadline_s=60, ready_url=url)
         return ",".join(servers)
 
+    def metrics_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{h}/metrics" for h in self.http_ports] if self.procs else []
+
 
 TARGETS: dict[str, Target] = {
     "gearmand": Gearmand("gearmand", "gearmand 1.1.20"),
     "memory": Standalone("memory", "gearmesh --queue memory", "memory"),
     "sqlite": Standalone("sqlite", "gearmesh --queue sqlite", "sqlite"),
     "cluster": Cluster("cluster", "gearmesh 3-node cluster", 3, "sqlite"),
+    "gear": GearServer("gear", "python gear server"),
 }
