@@ -9,6 +9,7 @@ running jobs finish; stop revokes the lease, so we leave the map at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from importlib import metadata
@@ -42,6 +43,7 @@ class ClusterExtension:
         self.links.on_frames(self.router.on_frames)
         self.links.on_peer_down(self._peer_down)
         self.membership: Membership | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
 
     def _peer_down(self, node_id: str) -> None:
         log.warning("link to node %s is down", node_id)
@@ -62,12 +64,20 @@ class ClusterExtension:
         self.membership = Membership(cfg.etcd or "", cfg.etcd_prefix, self.node_id, info,
                                      lease_ttl=cfg.lease_ttl, on_change=self._on_map)
         self.node.manager.cluster = self.router
+        self._metrics_task = asyncio.get_running_loop().create_task(self._copy_link_totals())
         await self.membership.start()
         if await self.membership.wait_registered(timeout=10):
             await self.membership.set_state("active", timeout=5)
             log.warning("node %s joined the cluster (peer %s)", self.node_id, info.peer_address)
         else:
             log.error("etcd not reachable yet; serving alone until it is")
+
+    async def _copy_link_totals(self) -> None:
+        # The peer link counts per peer; /metrics reads the node's counters.
+        counters = self.node.counters
+        while True:
+            counters.peer_frames_sent, counters.peer_batches_sent = self.links.totals()
+            await asyncio.sleep(1.0)
 
     def ready(self) -> tuple[bool, str]:
         ms = self.membership
@@ -89,6 +99,8 @@ class ClusterExtension:
             await self.membership.set_state("draining", timeout=2)
 
     async def stop(self) -> None:
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
         self.router.close()
         if self.membership is not None:
             await self.membership.close()

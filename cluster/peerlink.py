@@ -320,6 +320,14 @@ class PeerLinks:
         link = self._links.get(node_id)
         return link.outbox.size if link is not None else 0
 
+    def totals(self) -> tuple[int, int]:
+        """(frames, batches) sent to all peers since start, for the metrics."""
+        frames = batches = 0
+        for st in self._stats.values():
+            frames += st.frames_sent
+            batches += st.batches_sent
+        return frames, batches
+
     def stats(self, node_id: str) -> LinkStats:
         return self._stats.setdefault(node_id, LinkStats())
 

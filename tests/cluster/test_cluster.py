@@ -526,6 +526,14 @@ def test_300_jobs_clients_on_every_node_workers_on_single_nodes(
     # Every node's workers took part.
     assert {w.node.node_id for w in pool if w.ran} == set(CORE)
     wait_cluster_idle(nodes, func)
+    # Two thirds of the submits went to another node, and /metrics shows the
+    # forwarding and the peer-link traffic it took (copied once a second).
+    for n in nodes:
+        assert _counter(n, "gearmesh_forwarded_total") > 0
+        wait_until(lambda n=n: _counter(n, "gearmesh_peer_frames_sent_total") > 0,
+                   what=f"peer frames counted on {n.node_id}")
+        assert (_counter(n, "gearmesh_peer_batches_sent_total")
+                <= _counter(n, "gearmesh_peer_frames_sent_total"))
 
 
 @pytest.mark.timeout(40)
