@@ -16,7 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from node import protocol as P
 from node.seam import Cluster
@@ -149,7 +149,6 @@ _HANDLE_TOO_LARGE: Final = P.error_packet(
     b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf")
 _UNIQUE_TOO_LARGE: Final = P.error_packet(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
 _QUEUE_FULL: Final = P.error_packet(b"QUEUE_ERROR", b"Job queue is full")
-_STORE_FAILED: Final = b"QUEUE_ERROR"
 _UNKNOWN_OPTION: Final = P.error_packet(b"UNKNOWN_OPTION",
                                         b"Server does not recognize given option")
 
@@ -386,7 +385,7 @@ class JobManager:
             return
         log.error("store commit failed for job %d: %s", job.id, err)
         job.stored = False
-        error = P.error_packet(b"QUEUE_ERROR", _STORE_FAILED + b": " + str(err).encode()[:200])
+        error = P.error_packet(b"QUEUE_ERROR", b"QUEUE_ERROR: " + str(err).encode()[:200])
         for s, slot in waiters:
             s.fill(slot, error)
         self.counters.rejected += len(waiters)
@@ -670,11 +669,16 @@ class JobManager:
 
     # ------------------------------------------------------------------ results
 
-    def _held(self, s: Session, handle: bytes) -> Job | None:
+    def _held(self, s: Session, ptype: int, args: tuple[bytes, ...], handle: bytes,
+              not_found: bytes) -> Job | None:
+        """The job this worker holds under ``handle``; otherwise the result is
+        forwarded to the node that owns the handle, or the worker is told."""
         job = self.job_by_handle(handle)
-        if job is None or job.worker is not s:
-            return None
-        return job
+        if job is not None and job.worker is s:
+            return job
+        if not self._remote(s, ptype, args, handle):
+            s.send(not_found)
+        return None
 
     def _broadcast(self, job: Job, data: bytes) -> None:
         listeners = job.listeners
@@ -688,10 +692,8 @@ class JobManager:
                 and cluster.forward_handle(s, ptype, args, handle))
 
     def _work_status(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, args[0])
+        job = self._held(s, P.WORK_STATUS, args, args[0], _NOT_FOUND_RESULT)
         if job is None:
-            if not self._remote(s, P.WORK_STATUS, args, args[0]):
-                s.send(_NOT_FOUND_RESULT)
             return
         job.num = _u32(c_atoi(args[1]))
         job.den = _u32(c_atoi(args[2][:10]))
@@ -706,19 +708,15 @@ class JobManager:
 
     def _forward(self, s: Session, args: tuple[bytes, ...], ptype: int) -> None:
         # Forwarded as they came; nothing is stored.
-        job = self._held(s, args[0])
+        job = self._held(s, ptype, args, args[0], _NOT_FOUND_DATA)
         if job is None:
-            if not self._remote(s, ptype, args, args[0]):
-                s.send(_NOT_FOUND_DATA)
             return
         if job.listeners:
             self._broadcast(job, P.packet(ptype, args[0] + b"\0" + args[1]))
 
     def _work_complete(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, args[0])
+        job = self._held(s, P.WORK_COMPLETE, args, args[0], _NOT_FOUND_RESULT)
         if job is None:
-            if not self._remote(s, P.WORK_COMPLETE, args, args[0]):
-                s.send(_NOT_FOUND_RESULT)
             return
         self._finish(job)
         self.counters.completed += 1
@@ -732,10 +730,8 @@ class JobManager:
         if len(handle) >= 64:
             s.send(_HANDLE_TOO_LARGE)
             return
-        job = self._held(s, handle)
+        job = self._held(s, P.WORK_FAIL, args, handle, _NOT_FOUND_RESULT)
         if job is None:
-            if not self._remote(s, P.WORK_FAIL, args, handle):
-                s.send(_NOT_FOUND_RESULT)
             return
         self._finish(job)
         self.counters.failed += 1
@@ -744,10 +740,8 @@ class JobManager:
             self._release_listeners(job)
 
     def _work_exception(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, args[0])
+        job = self._held(s, P.WORK_EXCEPTION, args, args[0], _NOT_FOUND_EXC)
         if job is None:
-            if not self._remote(s, P.WORK_EXCEPTION, args, args[0]):
-                s.send(_NOT_FOUND_EXC)
             return
         self._finish(job)
         self.counters.failed += 1
@@ -768,9 +762,8 @@ class JobManager:
         worker = job.worker
         if prev == RUNNING:
             fn.running -= 1
-            w = job.worker
-            if w is not None:
-                w.held.discard(job)
+            if worker is not None:
+                worker.held.discard(job)
             job.worker = None
         if job.timer is not None:
             job.timer.cancel()
@@ -966,7 +959,3 @@ class JobManager:
             else:
                 fn.uniques.setdefault(rec.unique, job)
         self._make_runnable(job)
-
-    def describe(self) -> dict[str, Any]:
-        return {"jobs": len(self.jobs), "functions": len(self.functions),
-                "sessions": len(self.sessions)}

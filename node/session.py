@@ -105,7 +105,3 @@ class Session:
             out.popleft()
             if data and not self.closed:
                 self.write(data)
-
-    @property
-    def pending_replies(self) -> int:
-        return self._pending
