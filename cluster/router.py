@@ -12,17 +12,25 @@ link. Replies to forwarded requests carry the request id (``rep``); anything
 else (WORK_* for a subscribed client, an error for a worker) is ``out``. The
 entry node keeps each connection's reply order with the session's slots.
 
-Dispatch across nodes (work-conserving, one wake per job):
+Dispatch across nodes (work-conserving, one job per sleeping worker):
 
 * every node advertises, per function, how many of its workers sleep (``sup``);
-* an owner with runnable jobs that no local worker is coming for sends
-  ``wake(function, n)`` to nodes that advertised sleepers, spreading over them;
-* the woken node NOOPs its sleepers and remembers that the owner has work
-  (a hint); their GRAB finds nothing locally and is forwarded to the owner;
-* a worker's PRE_SLEEP is answered with NOOP while any hint is live, and a
-  NO_JOB from an owner clears that owner's hints, so nothing spins;
-* a periodic tick re-offers work whose wakes went unused, so a job is never
-  left queued while a worker that can do it sleeps anywhere.
+* an owner with runnable jobs that no local worker is coming for *pushes*
+  them, one per advertised sleeper, spreading over the nodes that have some;
+  it counts a pushed job as running, held for that node (a proxy with
+  connection 0);
+* the worker node NOOPs one sleeper per pushed job and keeps the job; a
+  worker's GRAB takes a pushed job before local work and the node tells the
+  owner which connection took it (``taken``), so its results, timeout and
+  disconnection apply as for any remote worker;
+* a push that finds no sleeper, or that no worker took within PUSH_HOLD,
+  goes back (``return``) to the head of the owner's queue, unstarted;
+* a periodic tick re-offers queued work to nodes that advertise sleepers,
+  so a job is never left queued while a worker that can do it sleeps.
+
+Pushing, rather than waking a remote worker and letting it grab from the
+owner, saves two of the four peer-link hops between "job queued" and "worker
+has it", and the worker node never forwards a grab that finds nothing.
 
 Routing key: the unique id alone (the payload for unique ``-``), not function
 + unique. GET_STATUS_UNIQUE carries no function, so only a key without it
@@ -32,13 +40,15 @@ unique merely share an owner.
 Frames (msgpack lists) on the peer link:
 
     ["req", rid, conn, exceptions, ptype, args]   entry → owner (rid 0: no reply)
-    ["grab", rid, conn, kind, [[function, timeout_ms], ...]]
     ["rep", rid, conn, packet_bytes]              owner → entry
     ["out", conn, packet_bytes]                   owner → entry
     ["gone", conn]                                entry → owner: connection closed
     ["sup", {function: sleepers}]                 worker node → all
-    ["wake", function, n]                         owner → worker node
-    ["unused", function, n]                       worker node → owner
+    ["push", handle, function, unique, reducer, payload]   owner → worker node
+    ["taken", handle, conn, timeout_ms]           worker node → owner, at once when
+                                                  the worker has a timeout, else
+                                                  just before its first result
+    ["return", handle]                            worker node → owner
 """
 
 from __future__ import annotations
@@ -46,39 +56,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final
 
 from cluster.partition import PartitionMap
-from cluster.peerlink import PeerLinks
+from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
-from node.jobs import Function, JobManager
+from node.jobs import Function, JobManager, assignment_packet
 from node.session import Session, Slot
 from node.stats import Counters
 
 log = logging.getLogger("gearmesh.cluster")
 
 REQ: Final = "req"
-GRAB: Final = "grab"
 REP: Final = "rep"
 OUT: Final = "out"
 GONE: Final = "gone"
 SUP: Final = "sup"
-WAKE: Final = "wake"
-UNUSED: Final = "unused"
+PUSH: Final = "push"
+TAKEN: Final = "taken"
+RETURN: Final = "return"
 
 # What a forwarded request was, so the reply can be post-processed.
 K_SUBMIT_FG: Final = 1
 K_SUBMIT_BG: Final = 2
 K_STATUS: Final = 3
 K_STATUS_UNIQUE: Final = 4
-K_GRAB: Final = 5
 
 _BG_TYPES: Final = frozenset({P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH_BG, P.SUBMIT_JOB_LOW_BG,
                               P.SUBMIT_JOB_EPOCH, P.SUBMIT_REDUCE_JOB_BACKGROUND})
 _FINAL_TYPES: Final = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
-WAKE_TTL: Final = 1.0  # seconds a sent wake counts as "a worker is coming"
 TICK: Final = 0.25
+# How long a pushed job may wait here for a worker to take it. The sleeper it
+# woke grabs within milliseconds unless it died or took other work first.
+PUSH_HOLD: Final = 0.5
+HOLDER_CONN: Final = 0  # the proxy that holds jobs pushed to a node, not yet taken
 SUPPLY_DELAY: Final = 0.05  # how stale a non-zero sleeper count may be
 
 
@@ -126,6 +139,20 @@ class RemoteSession(Session):
             self.links.send(self.node_id, [REP, slot.rid, self.conn, data])
 
 
+class _Pushed:
+    __slots__ = ("at", "handle", "name", "owner", "payload", "reducer", "unique")
+
+    def __init__(self, owner: str, handle: bytes, name: bytes, unique: bytes, reducer: bytes,
+                 payload: bytes, at: float) -> None:
+        self.owner = owner
+        self.handle = handle
+        self.name = name
+        self.unique = unique
+        self.reducer = reducer
+        self.payload = payload
+        self.at = at
+
+
 class _Pending:
     __slots__ = ("arg", "kind", "owner", "session", "slot")
 
@@ -164,14 +191,16 @@ class Router:
         # remote foreground jobs it waits on (handle → owner).
         self._contacted: dict[int, set[str]] = {}
         self._listening: dict[int, dict[bytes, str]] = {}
-        # worker side: owners that told us they have work, per function, and
-        # which owner woke which sleeping worker (it grabs from that one first,
-        # so the owner's wake is the one consumed).
-        self._hints: dict[bytes, dict[str, int]] = {}
-        self._woken_by: dict[int, str] = {}
-        # owner side: sleeping workers per function per node, and wakes in flight.
+        # worker side: jobs owners pushed here, per function, oldest first.
+        self._pushed: dict[bytes, deque[_Pushed]] = {}
+        # pushed jobs taken by a local worker whose owner has not been told
+        # yet: connection → handle → owner.
+        self._untold: dict[int, dict[bytes, str]] = {}
+        # owner side: sleeping workers per function per node (as advertised,
+        # less what we pushed since), and functions with work to push.
         self._supply: dict[bytes, dict[str, int]] = {}
-        self._wakes: dict[bytes, tuple[int, float]] = {}
+        self._to_push: set[Function] = set()
+        self._push_scheduled = False
         self._rotate = 0
         # advertising our own sleepers
         self._dirty: set[bytes] = set()
@@ -264,6 +293,8 @@ class Router:
         frame: list[Any] = [REQ, 0, s.id, s.exceptions, ptype, list(args)]
         if ptype == P.GET_STATUS:
             return self._request(s, owner, K_STATUS, frame, handle)
+        if self._untold:
+            self._tell_taken(s, handle)
         if not self.links.send(owner, frame):
             return False
         self._contacted.setdefault(s.id, set()).add(owner)
@@ -280,33 +311,54 @@ class Router:
                              unique)
 
     def grab(self, s: Session, kind: int) -> bool:
-        if isinstance(s, RemoteSession) or not s.regs:
+        pushed = self._pushed
+        if not pushed or isinstance(s, RemoteSession):
             return False
-        owner = self._woken_by.pop(s.id, None)
-        if owner is None or self.links.state(owner) is None:
-            owner = self._hinted_owner(s)
-        if owner is None:
-            return False
-        regs = [[fn.name, t] for fn, t in s.regs]
-        return self._request(s, owner, K_GRAB, [GRAB, 0, s.id, kind, regs])
+        for fn, timeout in s.regs:
+            q = pushed.get(fn.name)
+            while q:
+                p = q.popleft()
+                if not q:
+                    del pushed[fn.name]
+                # Only a job whose owner will hear who took it may run:
+                # otherwise its results could not reach it and it would run
+                # twice. (A stale job is dropped; its owner requeues it.)
+                if self.links.state(p.owner) not in (LinkState.CONNECTING, LinkState.UP):
+                    continue
+                self._contacted.setdefault(s.id, set()).add(p.owner)
+                if timeout:
+                    self.links.send(p.owner, [TAKEN, p.handle, s.id, timeout])
+                else:
+                    # Told with the worker's first result (one message fewer
+                    # per job), or when the worker goes away. Only a timeout
+                    # needs the owner to know at once.
+                    self._untold.setdefault(s.id, {})[p.handle] = p.owner
+                s.send(assignment_packet(kind, p.handle, p.name, p.unique, p.reducer,
+                                         p.payload))
+                return True
+        return False
 
-    def _hinted_owner(self, s: Session) -> str | None:
-        hints = self._hints
-        for fn, _ in s.regs:
-            h = hints.get(fn.name)
-            if h:
-                for owner, n in h.items():
-                    if n > 0:
-                        return owner
-        return None
+    def _tell_taken(self, s: Session, handle: bytes) -> None:
+        untold = self._untold.get(s.id)
+        if untold is not None:
+            owner = untold.pop(handle, None)
+            if owner is not None:
+                self.links.send(owner, [TAKEN, handle, s.id, 0])
+            if not untold:
+                del self._untold[s.id]
 
     def remote_work(self, s: Session) -> bool:
-        return not isinstance(s, RemoteSession) and self._hinted_owner(s) is not None
+        pushed = self._pushed
+        return bool(pushed) and any(fn.name in pushed for fn, _ in s.regs)
 
     def detached(self, s: Session) -> None:
         if isinstance(s, RemoteSession):
             return
-        self._woken_by.pop(s.id, None)
+        untold = self._untold.pop(s.id, None)
+        if untold:
+            # Before "gone", so the owner requeues these jobs too.
+            for handle, owner in untold.items():
+                self.links.send(owner, [TAKEN, handle, s.id, 0])
         owners = self._contacted.pop(s.id, None)
         if owners:
             for owner in owners:
@@ -322,18 +374,6 @@ class Router:
         ptype = _ptype(data)
         if p.kind == K_SUBMIT_FG and ptype == P.JOB_CREATED and not s.closed:
             self._listening.setdefault(s.id, {})[data[12:]] = p.owner
-        elif p.kind == K_GRAB:
-            if ptype == P.NO_JOB:
-                for fn, _ in s.regs:
-                    h = self._hints.get(fn.name)
-                    if h is not None:
-                        h.pop(p.owner, None)
-            else:
-                for fn, _ in s.regs:
-                    h = self._hints.get(fn.name)
-                    if h is not None and h.get(p.owner, 0) > 0:
-                        h[p.owner] -= 1
-                        break
 
     def _on_out(self, conn: int, data: bytes) -> None:
         s = self.m.sessions.get(conn)
@@ -372,24 +412,26 @@ class Router:
         finally:
             proxy.rid = 0
 
-    def _on_grab(self, node_id: str, rid: int, conn: int, kind: int,
-                 regs: list[list[Any]]) -> None:
-        proxy = self._proxy(node_id, conn)
-        m = self.m
-        proxy.regs = [(m.function(bytes(name)), int(t)) for name, t in regs]
-        proxy.rid = rid
-        try:
-            m.grab(proxy, kind)
-        except Exception:
-            log.exception("forwarded grab from %s failed", node_id)
-            if proxy.rid:
-                proxy.send(P.NO_JOB_PACKET)
-        finally:
-            proxy.rid = 0
-            names = [fn.name for fn, _ in proxy.regs]
-            proxy.regs = []  # proxies are not registrations: keep `status` counts local
-        for name in names:
-            self._consume_wake(name)
+    def _on_taken(self, node_id: str, handle: bytes, conn: int, timeout_ms: int) -> None:
+        job = self.m.job_by_handle(bytes(handle))
+        holder = self._proxies.get((node_id, HOLDER_CONN))
+        if job is None or holder is None or job.worker is not holder:
+            # Requeued meanwhile (that node's link broke); the worker's
+            # results will find no job here, as for any stale handle.
+            log.warning("node %s took job %r, which it no longer held", node_id, handle)
+            return
+        self.m.reassign(job, self._proxy(node_id, conn), int(timeout_ms))
+
+    def _on_return(self, node_id: str, handle: bytes) -> None:
+        job = self.m.job_by_handle(bytes(handle))
+        holder = self._proxies.get((node_id, HOLDER_CONN))
+        if job is None or holder is None or job.worker is not holder:
+            return
+        # It had no sleeper after all: count none there until it says otherwise.
+        supply = self._supply.get(job.fn.name)
+        if supply is not None and node_id in supply:
+            supply[node_id] = 0
+        self.m.unassign(job)
 
     def _on_gone(self, node_id: str, conn: int) -> None:
         proxy = self._proxies.pop((node_id, conn), None)
@@ -448,58 +490,54 @@ class Router:
             return ()
         return [n for n in m.members if n != self.node_id]
 
-    def _in_flight(self, name: bytes) -> int:
-        entry = self._wakes.get(name)
-        if entry is None:
-            return 0
-        n, expires = entry
-        if time.monotonic() > expires:
-            del self._wakes[name]
-            return 0
-        return n
-
-    def _consume_wake(self, name: bytes) -> None:
-        entry = self._wakes.get(name)
-        if entry is not None:
-            n, expires = entry
-            if n <= 1:
-                del self._wakes[name]
-            else:
-                self._wakes[name] = (n - 1, expires)
-
     def unserved(self, fn: Function, count: int) -> None:
+        # Pushed once per loop iteration, not from inside the manager's call
+        # (it is in the middle of a submit or a requeue).
+        if fn.name not in self._supply:
+            return
+        self._to_push.add(fn)
+        if not self._push_scheduled:
+            self._push_scheduled = True
+            self._loop.call_soon(self._push_all)
+
+    def _push_all(self) -> None:
+        self._push_scheduled = False
+        todo, self._to_push = self._to_push, set()
+        for fn in todo:
+            self._push(fn)
+
+    def _push(self, fn: Function) -> None:
         supply = self._supply.get(fn.name)
         if not supply:
-            return
-        need = count - self._in_flight(fn.name)
-        if need <= 0:
             return
         nodes = [n for n, k in supply.items() if k > 0]
         if not nodes:
             return
         self._rotate += 1
         start = self._rotate % len(nodes)
-        sent = 0
-        # Spread: one wake per node per round, so no node's workers starve.
-        while need > 0 and nodes:
+        m = self.m
+        # Spread: one job per node per round, so no node's workers starve.
+        while nodes and fn.queued > fn.waking:
             progressed = False
             for i in range(len(nodes)):
                 node_id = nodes[(start + i) % len(nodes)]
-                if need <= 0:
+                if fn.queued <= fn.waking:
                     break
                 if supply.get(node_id, 0) <= 0:
                     continue
-                supply[node_id] -= 1  # optimistic until its next advert
-                self.links.send(node_id, [WAKE, fn.name, 1])
-                need -= 1
-                sent += 1
+                job = m.take_queued(fn, self._proxy(node_id, HOLDER_CONN))
+                if job is None:
+                    return
+                supply[node_id] -= 1  # until its next advert
+                frame = [PUSH, m.handle_of(job), fn.name, job.unique, job.reducer, job.payload]
+                if not self.links.send(node_id, frame):
+                    supply[node_id] = 0
+                    m.unassign(job)
+                    continue
+                self.counters.pushed += 1
                 progressed = True
             if not progressed:
                 break
-        if sent:
-            n = self._in_flight(fn.name)
-            self._wakes[fn.name] = (n + sent, time.monotonic() + WAKE_TTL)
-            self._arm_tick()
 
     def _on_sup(self, node_id: str, sup: dict[bytes, int]) -> None:
         funcs = self.m.functions
@@ -511,53 +549,40 @@ class Router:
                 if fn is not None and fn.queued > fn.waking:
                     self.unserved(fn, fn.queued - fn.waking)
 
-    def _on_wake(self, node_id: str, name: bytes, n: int) -> None:
-        h = self._hints.setdefault(bytes(name), {})
-        h[node_id] = h.get(node_id, 0) + n
-        woken = self.m.wake_sleepers(bytes(name), n)
-        for s in woken:
-            self._woken_by[s.id] = node_id
-        if len(woken) < n:
-            self.links.send(node_id, [UNUSED, name, n - len(woken)])
-        self._arm_tick()
-
-    def _on_unused(self, node_id: str, name: bytes, n: int) -> None:
+    def _on_push(self, node_id: str, handle: bytes, name: bytes, unique: bytes,
+                 reducer: bytes, payload: bytes) -> None:
         name = bytes(name)
-        entry = self._wakes.get(name)
-        if entry is not None:
-            left = entry[0] - n
-            if left <= 0:
-                del self._wakes[name]
-            else:
-                self._wakes[name] = (left, entry[1])
-        fn = self.m.functions.get(name)
-        if fn is not None and fn.queued > fn.waking:
-            self.unserved(fn, fn.queued - fn.waking)
+        if self.m.wake_sleepers(name, 1):
+            p = _Pushed(node_id, bytes(handle), name, bytes(unique), bytes(reducer),
+                        bytes(payload), time.monotonic())
+            self._pushed.setdefault(name, deque()).append(p)
+            self._arm_tick()
+        else:
+            self.links.send(node_id, [RETURN, handle])
 
     def _arm_tick(self) -> None:
         if self._tick is None:
             self._tick = self._loop.call_later(TICK, self._on_tick)
 
     def _on_tick(self) -> None:
-        """Safety net: wakes can go unused (a woken worker took other work),
-        and hints can go stale; re-offer what is still waiting."""
+        """Safety net: pushed jobs that no worker took go back to their owner,
+        and queued work is re-offered to nodes that advertise sleepers."""
         self._tick = None
         busy = False
-        for name in list(self._wakes):
-            self._in_flight(name)  # drops expired entries
+        if self._pushed:
+            expired = time.monotonic() - PUSH_HOLD
+            for name, q in list(self._pushed.items()):
+                while q and q[0].at < expired:
+                    p = q.popleft()
+                    self.links.send(p.owner, [RETURN, p.handle])
+                if not q:
+                    del self._pushed[name]
+            busy = bool(self._pushed)
         for fn in self.m.functions.values():
             if fn.queued > fn.waking and self._supply.get(fn.name):
                 self.unserved(fn, fn.queued - fn.waking)
                 busy = True
-        # Hints age out: a woken worker that finds nothing clears them anyway.
-        if self._hints:
-            for name, h in list(self._hints.items()):
-                for owner in [o for o, n in h.items() if n <= 0]:
-                    del h[owner]
-                if not h:
-                    del self._hints[name]
-            busy = busy or bool(self._hints)
-        if busy or self._wakes:
+        if busy:
             self._arm_tick()
 
     # ------------------------------------------------------------------ frames
@@ -572,16 +597,16 @@ class Router:
                     self._on_reply(f[1], f[3])
                 elif kind == REQ:
                     self._on_req(node_id, f[1], f[2], f[3], f[4], f[5])
-                elif kind == GRAB:
-                    self._on_grab(node_id, f[1], f[2], f[3], f[4])
                 elif kind == GONE:
                     self._on_gone(node_id, f[1])
                 elif kind == SUP:
                     self._on_sup(node_id, f[1])
-                elif kind == WAKE:
-                    self._on_wake(node_id, f[1], f[2])
-                elif kind == UNUSED:
-                    self._on_unused(node_id, f[1], f[2])
+                elif kind == PUSH:
+                    self._on_push(node_id, f[1], f[2], f[3], f[4], f[5])
+                elif kind == TAKEN:
+                    self._on_taken(node_id, f[1], f[2], f[3])
+                elif kind == RETURN:
+                    self._on_return(node_id, f[1])
                 else:
                     log.warning("unknown frame %r from %s", kind, node_id)
             except Exception:
@@ -608,8 +633,19 @@ class Router:
                 del waiting[h]
                 if s is not None:
                     s.send(P.packet(P.WORK_FAIL, h))
-        for hint in self._hints.values():
-            hint.pop(node_id, None)
+        for conn, untold in list(self._untold.items()):
+            for handle in [h for h, o in untold.items() if o == node_id]:
+                del untold[handle]
+            if not untold:
+                del self._untold[conn]
+        # Worker side: jobs it pushed here are requeued by nobody now; they
+        # come back with the owner's store (background) or were failed above.
+        for name, q in list(self._pushed.items()):
+            kept = deque(p for p in q if p.owner != node_id)
+            if kept:
+                self._pushed[name] = kept
+            else:
+                del self._pushed[name]
         for sup in self._supply.values():
             sup.pop(node_id, None)
         for owners in self._contacted.values():
@@ -617,8 +653,6 @@ class Router:
 
     @staticmethod
     def _failure_reply(p: _Pending) -> bytes:
-        if p.kind == K_GRAB:
-            return P.NO_JOB_PACKET
         # Unknown: the node that held it is gone.
         if p.kind == K_STATUS:
             return P.packet(P.STATUS_RES, p.arg + b"\x000\x000\x000\x000")

@@ -24,6 +24,7 @@ _COUNTERS = (
     ("requeued", "jobs put back after their worker was lost or timed out"),
     ("rejected", "submits refused (queue full, store failure, bad unique)"),
     ("forwarded", "submits forwarded to the owner node"),
+    ("pushed", "jobs pushed to a sleeping worker on another node"),
     ("connections_accepted", "connections accepted"),
     ("connections_refused", "connections refused by --max-connections"),
     ("protocol_errors", "malformed requests and overflowing connections"),

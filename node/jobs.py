@@ -127,6 +127,17 @@ def c_atoi(text: bytes) -> int:
     return sign * n
 
 
+def assignment_packet(kind: int, handle: bytes, fn: bytes, unique: bytes, reducer: bytes,
+                      payload: bytes) -> bytes:
+    """JOB_ASSIGN, JOB_ASSIGN_UNIQ or JOB_ASSIGN_ALL, as the worker's grab asked."""
+    if kind == P.JOB_ASSIGN:
+        return P.packet(P.JOB_ASSIGN, b"%s\0%s\0%s" % (handle, fn, payload))
+    if kind == P.JOB_ASSIGN_ALL and reducer:
+        return P.packet(P.JOB_ASSIGN_ALL, b"%s\0%s\0%s\0%s\0%s" % (
+            handle, fn, unique, reducer, payload))
+    return P.packet(P.JOB_ASSIGN_UNIQ, b"%s\0%s\0%s\0%s" % (handle, fn, unique, payload))
+
+
 def _u32(n: int) -> int:
     return n & 0xFFFFFFFF
 
@@ -569,24 +580,20 @@ class JobManager:
         if s.asleep:
             self._stop_sleeping(s)
         woken = self._unwake(s) if s.noop_sent else None
-        job = self._take(s)
-        if job is not None:
-            s.send(self.assignment(job, kind))
-        elif self.cluster is None or not self.cluster.grab(s, kind):
-            s.send(P.NO_JOB_PACKET)
+        cluster = self.cluster
+        # A job another node pushed here was sent because a worker slept here,
+        # and its owner counts it as running: it goes before local work.
+        if cluster is not None and cluster.grab(s, kind):
+            job = None
+        else:
+            job = self._take(s)
+            s.send(self.assignment(job, kind) if job is not None else P.NO_JOB_PACKET)
         self._pass_wakes_on(woken)
         return job
 
     def assignment(self, job: Job, kind: int) -> bytes:
-        handle = self.prefix + str(job.id).encode()
-        fn = job.fn.name
-        if kind == P.JOB_ASSIGN:
-            return P.packet(P.JOB_ASSIGN, b"%s\0%s\0%s" % (handle, fn, job.payload))
-        if kind == P.JOB_ASSIGN_ALL and job.reducer:
-            return P.packet(P.JOB_ASSIGN_ALL, b"%s\0%s\0%s\0%s\0%s" % (
-                handle, fn, job.unique, job.reducer, job.payload))
-        return P.packet(P.JOB_ASSIGN_UNIQ, b"%s\0%s\0%s\0%s" % (handle, fn, job.unique,
-                                                                  job.payload))
+        return assignment_packet(kind, self.prefix + str(job.id).encode(), job.fn.name,
+                                 job.unique, job.reducer, job.payload)
 
     def _take(self, s: Session) -> Job | None:
         """Highest priority across the worker's functions; among equals, round
@@ -620,16 +627,71 @@ class JobManager:
             return None
         s.rr = best_i + 1
         job = best_q.popleft()
-        fn = job.fn
-        fn.queued -= 1
-        fn.running += 1
+        job.fn.queued -= 1
+        self._run(job, s, regs[best_i][1])
+        return job
+
+    def _run(self, job: Job, s: Session, timeout_ms: int) -> None:
+        job.fn.running += 1
         job.state = RUNNING
         job.worker = s
         s.held.add(job)
-        timeout = regs[best_i][1]
-        if timeout:
-            job.timer = self.clock.call_later(timeout / 1000.0, lambda: self._timed_out(job, s))
-        return job
+        self._arm_timeout(job, s, timeout_ms)
+
+    def _arm_timeout(self, job: Job, s: Session, timeout_ms: int) -> None:
+        if timeout_ms:
+            job.timer = self.clock.call_later(timeout_ms / 1000.0,
+                                              lambda: self._timed_out(job, s))
+
+    # -- jobs handed to another node's worker (the cluster's push dispatch)
+
+    def take_queued(self, fn: Function, holder: Session) -> Job | None:
+        """Dequeue fn's next runnable job (highest priority first) and count it
+        as running, held by ``holder`` until a worker takes it (``reassign``)
+        or it comes back unstarted (``unassign``)."""
+        if not fn.queued:
+            return None
+        for q in fn.queues:
+            while q and q[0].state != QUEUED:
+                q.popleft()  # cancelled or abandoned: removed lazily
+            if q:
+                job = q.popleft()
+                fn.queued -= 1
+                self._run(job, holder, 0)
+                return job
+        return None
+
+    def reassign(self, job: Job, s: Session, timeout_ms: int) -> None:
+        """A running job's worker is now ``s`` (a pushed job was taken)."""
+        if job.state != RUNNING:
+            return
+        if job.worker is not None:
+            job.worker.held.discard(job)
+        job.worker = s
+        s.held.add(job)
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        self._arm_timeout(job, s, timeout_ms)
+
+    def unassign(self, job: Job) -> None:
+        """A pushed job came back unstarted: to the head of its queue, and not
+        counted as a retry, since no worker ever saw it."""
+        if job.state != RUNNING:
+            return
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        if job.worker is not None:
+            job.worker.held.discard(job)
+        job.worker = None
+        fn = job.fn
+        fn.running -= 1
+        job.state = QUEUED
+        fn.queues[job.priority].appendleft(job)
+        fn.queued += 1
+        if fn.queued > fn.waking:
+            self._ensure_awake(fn)
 
     def _timed_out(self, job: Job, s: Session) -> None:
         job.timer = None

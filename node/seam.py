@@ -8,19 +8,19 @@ it at exactly these points:
   unique another node owns, a work result for another node's job: the
   cluster forwards it (``forward_*`` return True) and later fills the
   session's reply slot;
-* a worker grabbing with nothing runnable locally: the cluster may fetch a
-  job from an owner that has work (``grab``), and tells PRE_SLEEP whether
-  any is waiting elsewhere (``remote_work``);
-* wake-ups: the manager reports when it has runnable jobs that no local
-  sleeping worker can take (``unserved``) and when the number of sleeping
-  workers of a function changes (``sleepers_changed``), so owners can wake
-  workers on other nodes — one per job, never all;
+* dispatch across nodes: the manager reports when it has runnable jobs that
+  no local sleeping worker can take (``unserved``) and when the number of
+  sleeping workers of a function changes (``sleepers_changed``); the owner
+  then pushes such a job to a node where a worker sleeps, one job per
+  sleeping worker, never to all. A worker's grab takes a job pushed to its
+  node first (``grab``), and PRE_SLEEP asks whether one waits (``remote_work``);
 * a session going away (``detached``), so the owners it talked to requeue
   its jobs and drop its subscriptions.
 
 The cluster drives the manager back through its ordinary methods: it wraps
 peers on other nodes in :class:`node.session.Session` subclasses and calls
-``JobManager.handle``/``grab``/``detach``/``wake_sleepers`` for them.
+``JobManager.handle``/``detach``/``take_queued``/``reassign``/``unassign``/
+``wake_sleepers`` for them.
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ class Cluster(Protocol):
         ...
 
     def grab(self, s: Session, kind: int) -> bool:
-        """Nothing runnable here: True when a grab was sent to another node."""
+        """True when a job another node pushed here was assigned to s (the
+        cluster sent s its JOB_ASSIGN*)."""
         ...
 
     def remote_work(self, s: Session) -> bool:
-        """Whether another node has told us it holds work for s's functions."""
+        """Whether a job pushed here waits for one of s's functions."""
         ...
 
     def unserved(self, fn: Function, count: int) -> None:

@@ -18,6 +18,7 @@ class Counters:
     requeued: int = 0  # worker lost / timed out while holding a job
     rejected: int = 0  # QUEUE_ERROR and other refused submits
     forwarded: int = 0  # submits sent to another node (cluster)
+    pushed: int = 0  # jobs this owner handed to another node's sleeping worker
     connections_accepted: int = 0
     connections_refused: int = 0
     protocol_errors: int = 0

@@ -1,0 +1,359 @@
+"""Push dispatch between nodes (cluster/router.py), without sockets or gRPC.
+
+Each node is a real JobManager and Router; the peer link is replaced by an
+in-memory network that msgpack-encodes every frame (as the real link does) and
+delivers it when the test lets the network settle. The real link and real
+processes are covered by test_peerlink.py and test_cluster.py; this file pins
+the dispatch rules themselves: which frames flow, who holds a job, and that a
+job is never lost or run twice when a push finds no worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgpack
+import pytest
+
+from cluster import router as R
+from cluster.memberinfo import MemberInfo
+from cluster.partition import PartitionMap
+from cluster.peerlink import LinkState
+from node import protocol as P
+from node.jobs import QUEUED, RUNNING, JobManager, ManagerConfig
+from node.session import Session
+from node.stats import Counters
+
+pytestmark = pytest.mark.timeout(30)
+
+_HEADER = struct.Struct(">4sII")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    def time(self) -> float:
+        return self.loop.time()
+
+    def call_later(self, delay: float, callback: Any) -> asyncio.TimerHandle:
+        return self.loop.call_later(delay, callback)
+
+
+class Net:
+    """Frames in flight between nodes, delivered in send order per pair."""
+
+    def __init__(self) -> None:
+        self.routers: dict[str, R.Router] = {}
+        self.queue: list[tuple[str, str, bytes]] = []
+        self.log: list[tuple[str, str, Any]] = []  # (from, to, frame) as delivered
+        self.down: set[str] = set()
+
+    async def settle(self) -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if not self.queue:
+                return
+            batch, self.queue = self.queue, []
+            for src, dst, data in batch:
+                frame = msgpack.unpackb(data, raw=False, strict_map_key=False)
+                self.log.append((src, dst, frame))
+                self.routers[dst].on_frames(src, 1, [frame])
+        raise AssertionError("the network did not settle")
+
+    def kinds(self) -> list[tuple[str, str, str]]:
+        return [(src, dst, f[0]) for src, dst, f in self.log if f[0] != R.SUP]
+
+
+class FakeLinks:
+    def __init__(self, net: Net, node_id: str) -> None:
+        self.net = net
+        self.node_id = node_id
+        self.epoch = 0
+        self._pack = msgpack.Packer().pack
+
+    def send(self, node_id: str, frame: Any) -> bool:
+        if node_id in self.net.down:
+            return False
+        self.net.queue.append((self.node_id, node_id, self._pack(frame)))
+        return True
+
+    def state(self, node_id: str) -> LinkState | None:
+        return LinkState.DOWN if node_id in self.net.down else LinkState.UP
+
+    def connect(self, node_id: str, address: str) -> None:
+        pass
+
+    def disconnect(self, node_id: str) -> None:
+        pass
+
+
+class Conn:
+    """A client or worker connected to one node."""
+
+    def __init__(self, m: JobManager, sid: int) -> None:
+        self.m = m
+        self.out = bytearray()
+        self.session = Session(sid, self.out.extend, "127.0.0.1")
+        m.attach(self.session)
+
+    def send(self, ptype: int, *args: bytes) -> None:
+        for ev in P.Decoder().feed(P.request(ptype, *args)):
+            self.m.handle(self.session, ev[0], ev[1])
+
+    def recv(self) -> list[tuple[int, bytes]]:
+        data, pos, got = bytes(self.out), 0, []
+        self.out.clear()
+        while pos < len(data):
+            _, ptype, size = _HEADER.unpack_from(data, pos)
+            got.append((ptype, data[pos + 12:pos + 12 + size]))
+            pos += 12 + size
+        return got
+
+    def close(self) -> None:
+        self.m.detach(self.session)
+
+
+class Node:
+    def __init__(self, net: Net, node_id: str) -> None:
+        self.id = node_id
+        self.m = JobManager(Clock(), ManagerConfig(handle_prefix=f"H:{node_id}".encode()))
+        self.router = R.Router(node_id, self.m, FakeLinks(net, node_id), Counters())  # type: ignore[arg-type]
+        self.m.cluster = self.router
+        net.routers[node_id] = self.router
+        self._sid = 0
+
+    def conn(self) -> Conn:
+        self._sid += 1
+        return Conn(self.m, self._sid)
+
+    def worker(self, *funcs: bytes, timeout: int = 0) -> Conn:
+        w = self.conn()
+        for f in funcs:
+            if timeout:
+                w.send(P.CAN_DO_TIMEOUT, f, str(timeout).encode())
+            else:
+                w.send(P.CAN_DO, f)
+        return w
+
+
+async def cluster(*ids: str) -> tuple[Net, dict[str, Node]]:
+    net = Net()
+    nodes = {i: Node(net, i) for i in ids}
+    members = {i: MemberInfo(peer_address=f"{i}:1", state="active") for i in ids}
+    pmap = PartitionMap(1, members)
+    for n in nodes.values():
+        n.router.set_map(pmap)
+    await net.settle()
+    return net, nodes
+
+
+def unique_owned_by(owner: str, ids: tuple[str, ...], start: int = 0) -> bytes:
+    pmap = PartitionMap(1, {i: MemberInfo(peer_address=f"{i}:1", state="active") for i in ids})
+    for k in range(start, start + 100_000):
+        u = b"u%d" % k
+        if pmap.owner_of_key(u) == owner:
+            return u
+    raise AssertionError("no unique found")
+
+
+async def sleep_worker(net: Net, w: Conn) -> None:
+    w.send(P.PRE_SLEEP)
+    assert w.recv() == []
+    await net.settle()
+
+
+def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Run the test coroutine in a fresh event loop (the router needs one)."""
+    def run() -> None:
+        asyncio.run(asyncio.wait_for(test(), 20))
+    run.__name__ = test.__name__
+    run.__doc__ = test.__doc__
+    return run
+
+
+def job_of(node: Node, handle: bytes) -> Any:
+    job = node.m.job_by_handle(handle)
+    assert job is not None
+    return job
+
+
+@in_loop
+async def test_job_is_pushed_to_the_sleeping_worker_and_its_result_comes_back() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(ptype, handle)] = c.recv()
+    assert ptype == P.JOB_CREATED and handle.startswith(b"H:n1:")
+    await net.settle()
+
+    assert w.recv() == [(P.NOOP, b"")]
+    w.send(P.GRAB_JOB)
+    assert w.recv() == [(P.JOB_ASSIGN, handle + b"\0f\0data")]
+    job = job_of(n["n1"], handle)
+    assert job.state == RUNNING
+    w.send(P.WORK_COMPLETE, handle, b"done")
+    await net.settle()
+
+    assert c.recv() == [(P.WORK_COMPLETE, handle + b"\0done")]
+    assert n["n1"].m.job_by_handle(handle) is None
+    # One frame there, the result (told who took it first) back: no grab
+    # round trip, no wake.
+    assert net.kinds() == [("n1", "n2", R.PUSH), ("n2", "n1", R.TAKEN), ("n2", "n1", R.REQ)]
+
+
+@in_loop
+async def test_pushed_job_goes_before_local_work() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    c1 = n["n1"].conn()
+    c1.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"remote")
+    await net.settle()
+    c2 = n["n2"].conn()
+    c2.send(P.SUBMIT_JOB, b"f", unique_owned_by("n2", ("n1", "n2")), b"local")
+    w.recv()
+    w.send(P.GRAB_JOB)
+    [(ptype, payload)] = w.recv()
+    assert ptype == P.JOB_ASSIGN and payload.endswith(b"\0remote")
+
+
+@in_loop
+async def test_push_that_finds_no_sleeper_returns_to_the_head_of_the_queue() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    n["n2"].m.wake_sleepers(b"f", 1)  # woken by something else; n1 does not know yet
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(_, handle)] = c.recv()
+    await net.settle()
+
+    assert (("n2", "n1", R.RETURN)) in net.kinds()
+    job = job_of(n["n1"], handle)
+    assert job.state == QUEUED and job.worker is None
+    assert job.retries == 0  # no worker ever saw it
+    # A worker on the owner gets it.
+    w1 = n["n1"].worker(b"f")
+    w1.send(P.GRAB_JOB)
+    assert w1.recv() == [(P.JOB_ASSIGN, handle + b"\0f\0data")]
+
+
+@in_loop
+async def test_one_push_per_advertised_sleeper_spread_over_nodes() -> None:
+    net, n = await cluster("n1", "n2", "n3")
+    ids = ("n1", "n2", "n3")
+    w2, w3 = n["n2"].worker(b"f"), n["n3"].worker(b"f")
+    await sleep_worker(net, w2)
+    await sleep_worker(net, w3)
+    c = n["n1"].conn()
+    for k in range(3):
+        c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ids, start=k * 1000), b"%d" % k)
+    await net.settle()
+
+    pushes = [dst for src, dst, kind in net.kinds() if kind == R.PUSH]
+    assert sorted(pushes) == ["n2", "n3"]
+    fn = n["n1"].m.functions[b"f"]
+    assert (fn.queued, fn.running) == (1, 2)
+    assert w2.recv() == [(P.NOOP, b"")] and w3.recv() == [(P.NOOP, b"")]
+
+
+@in_loop
+async def test_worker_with_a_timeout_is_told_to_the_owner_at_once() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f", timeout=5000)
+    await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(_, handle)] = c.recv()
+    await net.settle()
+    w.recv()
+    w.send(P.GRAB_JOB)
+    w.recv()
+    await net.settle()
+
+    assert net.kinds()[-1] == ("n2", "n1", R.TAKEN)
+    job = job_of(n["n1"], handle)
+    assert isinstance(job.worker, R.RemoteSession)
+    assert job.worker.conn == w.session.id and job.timer is not None
+
+
+@in_loop
+async def test_worker_gone_before_its_first_result_requeues_the_job() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(_, handle)] = c.recv()
+    await net.settle()
+    w.recv()
+    w.send(P.GRAB_JOB)
+    assert w.recv()[0][0] == P.JOB_ASSIGN
+    w.close()
+    await net.settle()
+
+    assert net.kinds()[-2:] == [("n2", "n1", R.TAKEN), ("n2", "n1", R.GONE)]
+    job = job_of(n["n1"], handle)
+    assert job.state == QUEUED and job.retries == 1
+
+
+@in_loop
+async def test_pushed_job_nobody_takes_goes_back_after_the_hold() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(_, handle)] = c.recv()
+    await net.settle()
+    assert w.recv() == [(P.NOOP, b"")]  # ... and it never grabs
+
+    r2 = n["n2"].router
+    for q in r2._pushed.values():
+        for p in q:
+            p.at -= R.PUSH_HOLD + 1
+    r2._on_tick()
+    await net.settle()
+
+    assert net.kinds()[-1] == ("n2", "n1", R.RETURN)
+    assert job_of(n["n1"], handle).state == QUEUED
+    w.send(P.GRAB_JOB)
+    assert w.recv() == [(P.NO_JOB, b"")]
+
+
+@in_loop
+async def test_pushed_jobs_of_a_lost_owner_are_dropped() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    await net.settle()
+    w.recv()
+
+    net.down.add("n1")
+    n["n2"].router.node_lost("n1")
+    w.send(P.GRAB_JOB)
+    assert w.recv() == [(P.NO_JOB, b"")]
+
+
+@in_loop
+async def test_owner_requeues_jobs_pushed_to_a_lost_node() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(_, handle)] = c.recv()
+    await net.settle()
+    assert job_of(n["n1"], handle).state == RUNNING
+
+    n["n1"].router.node_lost("n2")
+    assert job_of(n["n1"], handle).state == QUEUED
