@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
@@ -86,21 +87,31 @@ class Proc:
         return "\n".join(lines[-n:])
 
 
-def node_counters(url: str, names: tuple[str, ...]) -> dict[str, float]:
-    """The named unlabelled counters (gearmesh_NAME_total) of one node's
-    /metrics; empty when it cannot be read."""
+def node_metrics(url: str) -> dict[str, float]:
+    """Every unlabelled sample of one node's /metrics; empty when it cannot
+    be read."""
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode("utf-8", "replace")
     except OSError:
         return {}
-    want = {f"gearmesh_{n}_total": n for n in names}
     out: dict[str, float] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] in want:
-            out[want[parts[0]]] = float(parts[1])
+        if len(parts) == 2 and not line.startswith("#"):
+            try:
+                out[parts[0]] = float(parts[1])
+            except ValueError:
+                continue
     return out
+
+
+def node_counters(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The named unlabelled counters (gearmesh_NAME_total) of one node's
+    /metrics; empty when it cannot be read."""
+    samples = node_metrics(url)
+    return {n: samples[f"gearmesh_{n}_total"] for n in names
+            if f"gearmesh_{n}_total" in samples}
 
 
 class StartFailed(Exception):
@@ -115,6 +126,9 @@ class Target:
     label: str
     procs: list[Proc] = field(default_factory=list)
     tmp: Path | None = None
+    # Whether jobs have owners on several nodes, so that the placement
+    # scenarios (rt-3way, rt-local) mean something on it.
+    clustered: ClassVar[bool] = False
 
     def command_template(self) -> str:
         raise NotImplementedError
@@ -139,6 +153,11 @@ class Target:
     def metrics_urls(self) -> list[str]:
         """The /metrics URL of each gearmesh node of a cluster (empty for
         targets that have none worth reading)."""
+        return []
+
+    def node_addresses(self) -> list[tuple[str, str]]:
+        """(node id, host:port) of each node of a running cluster, in node
+        order (empty for other targets)."""
         return []
 
     def stop(self) -> None:
@@ -223,11 +242,14 @@ class GearServer(Target):
 
 
 class Cluster(Target):
+    clustered = True
+
     def __init__(self, key: str, label: str, nodes: int, queue: str) -> None:
         super().__init__(key, label)
         self.nodes = nodes
         self.queue = queue
         self.http_ports: list[int] = []
+        self.addresses: list[tuple[str, str]] = []
 
     def command_template(self) -> str:
         return (f"{ETCD} --name bench --data-dir TMP/etcd --listen-client-urls "
@@ -256,6 +278,7 @@ class Cluster(Target):
         servers = []
         pending: list[tuple[Proc, int, str]] = []
         self.http_ports = []
+        self.addresses = []
         for n in range(1, self.nodes + 1):
             port, peer, http = free_port(), free_port(), free_port()
             self.http_ports.append(http)
@@ -267,12 +290,33 @@ class Cluster(Target):
             ])
             pending.append((p, port, f"http://127.0.0.1:{http}/readyz"))
             servers.append(f"127.0.0.1:{port}")
+            self.addresses.append((f"n{n}", f"127.0.0.1:{port}"))
         for p, port, url in pending:
             self.wait_ready(p, port, deadline_s=60, ready_url=url)
+        self.wait_converged()
         return ",".join(servers)
+
+    def wait_converged(self, deadline_s: float = 30.0) -> None:
+        """Wait until every node reports the same partition-map epoch. A
+        node is ready once it is active itself, possibly before it has seen
+        the last node join; until they agree, a job could be routed by a
+        two-node map, which would blur the first jobs' path (and break the
+        placement scenarios' owner)."""
+        end = time.monotonic() + deadline_s
+        epochs: set[float | None] = set()
+        while True:
+            epochs = {node_metrics(u).get("gearmesh_ring_epoch") for u in self.metrics_urls()}
+            if len(epochs) == 1 and None not in epochs and 0 not in epochs:
+                return
+            if time.monotonic() > end:
+                raise StartFailed(f"nodes did not agree on one partition map: epochs {epochs}")
+            time.sleep(0.05)
 
     def metrics_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{h}/metrics" for h in self.http_ports] if self.procs else []
+
+    def node_addresses(self) -> list[tuple[str, str]]:
+        return list(self.addresses) if self.procs else []
 
 
 TARGETS: dict[str, Target] = {

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gearmesh.bench.owner import OwnedKeys, parse_nodes
 from gearmesh.bench.wire import Server, parse_servers
 
 SCENARIOS = ("bg", "drain", "rt", "coalesce", "burst")
@@ -34,7 +35,11 @@ _FALLBACK: dict[str, Any] = {
 @dataclass(frozen=True)
 class Config:
     scenario: str
+    # Every server of the run: each is checked for reachability and asked
+    # for its admin status. client_servers and worker_servers are subsets.
     servers: tuple[Server, ...]
+    client_servers: tuple[Server, ...]
+    worker_servers: tuple[Server, ...]
     procs: int
     jobs: int
     conns: int
@@ -44,6 +49,8 @@ class Config:
     payload_size: int
     duration: float
     placement: str
+    owner: str | None
+    nodes: tuple[str, ...]
     uniques: int
     repeat: int
     work_ms: float
@@ -64,7 +71,11 @@ class Config:
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
-        d["servers"] = [str(s) for s in self.servers]
+        for k in ("servers", "client_servers", "worker_servers"):
+            d[k] = [str(s) for s in getattr(self, k)]
+        if self.owner is None:
+            d.pop("owner")
+            d.pop("nodes")
         for k in ("progress", "json_only", "setup_timeout"):
             d.pop(k)
         return d
@@ -82,8 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "0 all checks passed, 1 a check failed, 2 the run could not be carried out."
     )
     parser.add_argument("scenario", choices=SCENARIOS, help="what to measure (see below)")
-    parser.add_argument("--servers", default="127.0.0.1:4730",
-                        help="host:port[,host:port...] (default 127.0.0.1:4730)")
+    parser.add_argument("--servers",
+                        help="host:port[,host:port...]: the servers of the run (default: "
+                             "those of --client-servers and --worker-servers, else "
+                             "127.0.0.1:4730)")
+    parser.add_argument("--client-servers", metavar="LIST",
+                        help="clients and submitters connect only to these, round-robin "
+                             "(default: --servers)")
+    parser.add_argument("--worker-servers", metavar="LIST",
+                        help="workers connect only to these, by --worker-placement "
+                             "(default: --servers)")
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 1,
                         help="load generator processes (default: number of CPUs)")
     parser.add_argument("--jobs", type=int, help="jobs to submit / drain / run")
@@ -97,8 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap in seconds (burst: the run length)")
     parser.add_argument("--worker-placement", dest="placement", choices=("all", "spread"),
                         default="all",
-                        help="all: every worker connects to every server; "
-                             "spread: each worker connects to one server, round-robin")
+                        help="all: every worker connects to every worker server; "
+                             "spread: each worker connects to one, round-robin")
+    parser.add_argument("--owner", metavar="NODE_ID",
+                        help="gearmesh cluster: salt every job's unique id so that the "
+                             "cluster's partition map gives it to this node (needs --nodes)")
+    parser.add_argument("--nodes", metavar="ID,ID,...",
+                        help="with --owner: the ids of all the cluster's active nodes")
     parser.add_argument("--uniques", type=int,
                         help="coalesce: K unique ids; burst: size of the hot set")
     parser.add_argument("--repeat", type=int, help="coalesce: R clients submitting each unique")
@@ -137,12 +161,23 @@ def resolve(args: argparse.Namespace) -> Config:
         value = getattr(args, name, None)
         return defaults[name] if value is None else value
 
-    servers = tuple(parse_servers(args.servers))
+    servers, client_servers, worker_servers = _server_lists(args)
+    owner: str | None = getattr(args, "owner", None)
+    nodes = parse_nodes(getattr(args, "nodes", None) or "")
+    if owner is None and nodes:
+        raise ValueError("--nodes is only used with --owner")
+    if owner is not None:
+        if not nodes:
+            raise ValueError("--owner needs --nodes, the ids of all active cluster nodes")
+        # Fails early on a bad id list, before any process starts.
+        OwnedKeys(owner, nodes)
     run_id = secrets.token_hex(4)
     seed = args.seed if args.seed is not None else int(run_id, 16)
     cfg = Config(
         scenario=scenario,
         servers=servers,
+        client_servers=client_servers,
+        worker_servers=worker_servers,
         procs=max(1, int(args.procs)),
         jobs=int(pick("jobs")),
         conns=int(pick("conns")),
@@ -152,6 +187,8 @@ def resolve(args: argparse.Namespace) -> Config:
         payload_size=int(args.payload_size),
         duration=float(pick("duration")),
         placement=args.placement,
+        owner=owner,
+        nodes=nodes,
         uniques=int(pick("uniques")),
         repeat=int(pick("repeat")),
         work_ms=float(pick("work_ms")),
@@ -174,6 +211,26 @@ def resolve(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _server_lists(
+    args: argparse.Namespace,
+) -> tuple[tuple[Server, ...], tuple[Server, ...], tuple[Server, ...]]:
+    """(servers, client servers, worker servers). A server named only in
+    --client-servers or --worker-servers is added to the servers, so that it
+    is probed and its queue counted like the others."""
+    clients_text: str | None = getattr(args, "client_servers", None)
+    workers_text: str | None = getattr(args, "worker_servers", None)
+    clients = tuple(parse_servers(clients_text)) if clients_text else ()
+    workers = tuple(parse_servers(workers_text)) if workers_text else ()
+    if args.servers:
+        servers = tuple(parse_servers(args.servers))
+    elif clients or workers:
+        servers = ()
+    else:
+        servers = (Server("127.0.0.1", 4730),)
+    servers += tuple(dict.fromkeys(s for s in clients + workers if s not in servers))
+    return servers, clients or servers, workers or servers
+
+
 def _validate(cfg: Config) -> None:
     positive = {"jobs": cfg.jobs, "conns": cfg.conns, "inflight": cfg.inflight,
                 "workers": cfg.workers, "clients": cfg.clients, "uniques": cfg.uniques,
@@ -192,3 +249,6 @@ def _validate(cfg: Config) -> None:
         raise ValueError("--interval must be positive")
     if cfg.work_ms < 0 or cfg.think_ms < 0 or cfg.ramp < 0:
         raise ValueError("--work-ms, --think-ms and --ramp must not be negative")
+    if cfg.owner is not None and cfg.unique == "none" and cfg.scenario in ("bg", "drain"):
+        # An empty unique is not routed: the job stays on its entry node.
+        raise ValueError("--owner needs unique ids; it cannot be used with --unique none")

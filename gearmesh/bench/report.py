@@ -47,6 +47,11 @@ def human(cfg: Config, res: RunResult, doc: dict[str, Any]) -> str:
     servers = ",".join(str(s) for s in cfg.servers)
     lines = [f"gearmesh bench {cfg.scenario}  servers={servers}  procs={res.procs}  "
              f"payload={cfg.payload_size}B  placement={cfg.placement}  func={cfg.func}"]
+    if cfg.client_servers != cfg.servers or cfg.worker_servers != cfg.servers:
+        lines.append(f"  clients on {','.join(str(s) for s in cfg.client_servers)}  "
+                     f"workers on {','.join(str(s) for s in cfg.worker_servers)}")
+    if cfg.owner is not None:
+        lines.append(f"  every unique owned by {cfg.owner} of nodes {','.join(cfg.nodes)}")
     rows = res.outcome.rows
     if rows:
         width = max(len(k) for k, _ in rows)

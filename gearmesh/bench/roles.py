@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gearmesh.bench import wire
@@ -68,9 +68,15 @@ class Submitter(PacketProtocol):
         stats: SubmitStats,
         stopping: Callable[[], bool],
         send_unique: bool = True,
+        keys: Sequence[bytes] | None = None,
+        first: int = 0,
     ) -> None:
         super().__init__()
         self.send_unique = send_unique
+        # Precomputed unique ids (--owner), keys[i - first] for job number i;
+        # None: the key is built from the number, the cheaper path.
+        self.keys = keys
+        self.first = first
         self.source = source
         self.func = func
         self.prefix = prefix
@@ -95,7 +101,12 @@ class Submitter(PacketProtocol):
         prefix, func, size = self.prefix, self.func, self.payload_size
         mk, payload = wire.submit_packet, wire.payload_for
         parts = []
-        if self.send_unique:
+        if self.keys is not None:
+            keys, first = self.keys, self.first
+            for i in jobs:
+                key = keys[i - first]
+                parts.append(mk(P.SUBMIT_JOB_BG, func, key, payload(key, size)))
+        elif self.send_unique:
             for i in jobs:
                 key = prefix + b"%d." % i
                 parts.append(mk(P.SUBMIT_JOB_BG, func, key, payload(key, size)))
@@ -351,9 +362,9 @@ class Worker:
 
 
 def worker_servers(servers: tuple[Server, ...], w: int, placement: str) -> list[Server]:
-    """Servers worker number w connects to. With placement "all" every worker
-    sees every server, starting at a different one so that the first grabs
-    spread out."""
+    """Servers (out of the worker servers) worker number w connects to. With
+    placement "all" every worker sees every one, starting at a different one
+    so that the first grabs spread out."""
     n = len(servers)
     if placement == "spread":
         return [servers[w % n]]

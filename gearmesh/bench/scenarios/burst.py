@@ -27,9 +27,12 @@ from typing import Any
 from gearmesh.bench import wire
 from gearmesh.bench.config import Config
 from gearmesh.bench.engine import ChildRuntime, Control, Outcome
+from gearmesh.bench.owner import OwnedKeys
 from gearmesh.bench.roles import WorkerStats
 from gearmesh.bench.scenarios.common import (
+    client_server,
     connect_workers,
+    owner_keys,
     queue_empty,
     stop_workers,
     throttled,
@@ -63,8 +66,9 @@ class Recorder:
 
 class BurstClient(wire.PacketProtocol):
     def __init__(self, cfg: Config, number: int, hot: list[bytes], rec: Recorder,
-                 end_at: float) -> None:
+                 end_at: float, owned: OwnedKeys | None = None) -> None:
         super().__init__()
+        self.owned = owned
         self.loop = asyncio.get_running_loop()
         self.func = cfg.func.encode()
         self.size = cfg.payload_size
@@ -107,6 +111,10 @@ class BurstClient(wire.PacketProtocol):
         else:
             self.seq += 1
             unique = self.prefix + b"%d" % self.seq
+            if self.owned is not None:
+                # Salted on the fly: burst's pace is set by --think-ms and
+                # the ramp, not by the generator's CPU.
+                unique = self.owned.key(unique)
         self.fg = rng.random() < self.fg_ratio
         self.expect = wire.payload_for(unique, self.size)
         self.handle = b""
@@ -163,7 +171,9 @@ class BurstClient(wire.PacketProtocol):
 class BurstScenario:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.hot = [f"{cfg.run_id}-hot{k}".encode() for k in range(cfg.uniques)]
+        self.owned = owner_keys(cfg)
+        hot = [f"{cfg.run_id}-hot{k}".encode() for k in range(cfg.uniques)]
+        self.hot = hot if self.owned is None else [self.owned.key(u) for u in hot]
 
     def procs(self) -> int:
         return max(1, min(self.cfg.clients, self.cfg.workers))
@@ -191,10 +201,10 @@ class BurstScenario:
             await asyncio.sleep(max(0.0, start + delay - time.monotonic()))
             if time.monotonic() >= end_at:
                 return
-            server = cfg.servers[c % len(cfg.servers)]
             try:
                 client = await wire.open_connection(
-                    server, lambda: BurstClient(cfg, c, self.hot, rec, end_at))
+                    client_server(cfg, c),
+                    lambda: BurstClient(cfg, c, self.hot, rec, end_at, self.owned))
             except (OSError, TimeoutError) as exc:
                 rec.error(f"connect failed: {type(exc).__name__}")
                 return
@@ -305,7 +315,7 @@ class BurstScenario:
         lf, lb = out.metrics["latency_fg"], out.metrics["latency_bg"]
         out.rows += [
             ("clients", f"{cfg.clients} over {cfg.ramp:g} s ramp, {cfg.duration:g} s run, "
-                        f"{len(cfg.servers)} server(s), {cfg.workers} workers"),
+                        f"{len(cfg.client_servers)} server(s), {cfg.workers} workers"),
             ("submitted", f"{submitted:,} ({cfg.fg_ratio:.0%} foreground, "
                           f"{cfg.dup_ratio:.0%} on {len(self.hot)} hot uniques)"),
             ("completed", f"{fg_done:,} foreground results + {bg_done:,} background acks "

@@ -20,7 +20,9 @@ from gearmesh.bench.config import Config
 from gearmesh.bench.engine import ChildRuntime, Control, Outcome
 from gearmesh.bench.roles import WorkerStats
 from gearmesh.bench.scenarios.common import (
+    client_server,
     connect_workers,
+    owned_keys,
     queue_empty,
     stop_workers,
     throttled,
@@ -103,7 +105,8 @@ class CoalesceClient(wire.PacketProtocol):
 class CoalesceScenario:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.uniques = [f"{cfg.run_id}-u{k}".encode() for k in range(cfg.uniques)]
+        bases = [f"{cfg.run_id}-u{k}".encode() for k in range(cfg.uniques)]
+        self.uniques = owned_keys(cfg, bases) or bases
         self.index = {u: k for k, u in enumerate(self.uniques)}
 
     def procs(self) -> int:
@@ -114,9 +117,9 @@ class CoalesceScenario:
         func = cfg.func.encode()
         clients = []
         for n in rt.mine(cfg.repeat):
-            server = cfg.servers[n % len(cfg.servers)]
             clients.append(await wire.open_connection(
-                server, lambda: CoalesceClient(func, self.uniques, cfg.payload_size)))
+                client_server(cfg, n),
+                lambda: CoalesceClient(func, self.uniques, cfg.payload_size)))
         runs = array("i", bytes(4 * cfg.uniques))
         foreign = [0]
         index = self.index
@@ -207,7 +210,7 @@ class CoalesceScenario:
         per_server: dict[int, set[bytes]] = {}
         for res in results:
             for ci, handles in res["handles"].items():
-                per_server.setdefault(ci % len(cfg.servers), set()).update(handles)
+                per_server.setdefault(ci % len(cfg.client_servers), set()).update(handles)
         distinct = sum(len(s) for s in per_server.values())
         out.metrics.update({
             "uniques": k_total, "repeat": r, "submissions": expected, "acknowledged": created,
@@ -219,7 +222,7 @@ class CoalesceScenario:
         })
         out.rows += [
             ("submissions", f"{expected:,} ({k_total:,} uniques x {r} clients over "
-                            f"{len(cfg.servers)} server(s)); acknowledged {created:,} "
+                            f"{len(cfg.client_servers)} server(s)); acknowledged {created:,} "
                             f"in {acked_at - start:.3f} s"),
             ("worker runs", f"{run_total:,} (expected {k_total:,}); extra runs {over:,}, "
                             f"never run {never:,}"),

@@ -9,9 +9,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gearmesh.bench import wire
+from gearmesh.bench.config import Config
 from gearmesh.bench.engine import ChildRuntime, Control
+from gearmesh.bench.owner import SALT_SEP, OwnedKeys
 from gearmesh.bench.roles import Handler, JobSource, SubmitStats, Submitter, Worker, WorkerStats
 from gearmesh.bench.roles import worker_servers as _worker_servers
+from gearmesh.bench.wire import Server
 
 
 async def connect_workers(
@@ -26,7 +29,7 @@ async def connect_workers(
     workers = []
     for w in rt.mine(cfg.workers):
         worker = Worker(func, handler, work_s, stats, record_runs)
-        await worker.connect(_worker_servers(cfg.servers, w, cfg.placement))
+        await worker.connect(_worker_servers(cfg.worker_servers, w, cfg.placement))
         workers.append(worker)
     return workers
 
@@ -55,16 +58,44 @@ async def connect_submitters(
 ) -> list[Submitter]:
     cfg = rt.cfg
     func = cfg.func.encode()
+    # Salting for --owner costs a few hashes per job: done here, before the
+    # timed part, for this process's block of job numbers.
+    first = source.next
+    keys = owned_keys(cfg, (prefix + b"%d" % i for i in range(first, source.stop)), end=b".")
     subs = []
     for c in rt.mine(cfg.conns):
-        server = cfg.servers[c % len(cfg.servers)]
+        server = client_server(cfg, c)
         sub = await wire.open_connection(
             server,
             lambda: Submitter(source, func, prefix, cfg.payload_size, cfg.inflight, stats,
-                              stopping, send_unique=cfg.unique == "job"),
+                              stopping, send_unique=cfg.unique == "job", keys=keys,
+                              first=first),
         )
         subs.append(sub)
     return subs
+
+
+def client_server(cfg: Config, n: int) -> Server:
+    """The server client (or submitter) number n connects to."""
+    return cfg.client_servers[n % len(cfg.client_servers)]
+
+
+def owner_keys(cfg: Config) -> OwnedKeys | None:
+    return None if cfg.owner is None else OwnedKeys(cfg.owner, cfg.nodes)
+
+
+def owned_keys(cfg: Config, bases: Iterable[bytes], end: bytes = b"") -> list[bytes] | None:
+    """With --owner, the unique id for each base key (salted so that the
+    owner owns it, then `end`); None without --owner."""
+    owned = owner_keys(cfg)
+    if owned is None:
+        return None
+    return [owned.key(b, end) for b in bases]
+
+
+def job_number(key: bytes, plen: int) -> int:
+    """The job number in a key "<prefix><n>[~salt]." (see owned_keys)."""
+    return int(key[plen:-1].partition(SALT_SEP)[0])
 
 
 async def submit_all(subs: list[Submitter]) -> float:
@@ -84,8 +115,9 @@ class DrainHandler:
     ("<run id>-<job number>."), and marks the job number in a bitmap so that
     the coordinator can find jobs run twice (across processes too) or never.
 
-    The key is the unique id; with --unique none the server never sees it,
-    so it is read back from the start of the data, which repeats it."""
+    The key is the unique id (with --owner, "<run id>-<job number>~<salt>.");
+    with --unique none the server never sees it, so it is read back from the
+    start of the data, which repeats it."""
 
     def __init__(self, prefix: bytes, payload_size: int, njobs: int) -> None:
         self.prefix = prefix
@@ -114,7 +146,7 @@ class DrainHandler:
             self.foreign += 1
             return b""
         try:
-            i = int(key[self.plen:-1])
+            i = job_number(key, self.plen)
         except ValueError:
             self.foreign += 1
             return b""
