@@ -93,6 +93,7 @@ TICK: Final = 0.25
 PUSH_HOLD: Final = 0.5
 HOLDER_CONN: Final = 0  # the proxy that holds jobs pushed to a node, not yet taken
 SUPPLY_DELAY: Final = 0.05  # how stale a non-zero sleeper count may be
+SUPPLY_REFRESH: Final = 1.0  # exact counts re-sent this often while workers sleep
 
 
 class RemoteSlot(Slot):
@@ -207,6 +208,8 @@ class Router:
         self._flush_scheduled = False
         self._advertised: dict[bytes, int] = {}
         self._late: asyncio.TimerHandle | None = None
+        self._refresh: asyncio.TimerHandle | None = None
+        self._last_advert = 0.0
         self._loop = asyncio.get_running_loop()
         self._tick: asyncio.TimerHandle | None = None
         self._handle_prefix = b"H:"
@@ -403,6 +406,11 @@ class Router:
         proxy = self._proxy(node_id, conn)
         proxy.exceptions = bool(exceptions)
         proxy.rid = rid
+        freed: Function | None = None
+        if ptype in _FINAL_TYPES and args:
+            job = self.m.job_by_handle(bytes(args[0]))
+            if job is not None and job.worker is proxy:
+                freed = job.fn
         try:
             self.m.handle(proxy, ptype, tuple(args))
         except Exception:
@@ -411,6 +419,18 @@ class Router:
                 proxy.send(P.error_packet(b"SERVER_ERROR", b"Internal error"))
         finally:
             proxy.rid = 0
+        if freed is not None:
+            self._worker_freed(freed, node_id)
+
+    def _worker_freed(self, fn: Function, node_id: str) -> None:
+        """A worker there finished a job of ours, so it is about to ask for
+        more: count it as available again at once. Waiting for its node's
+        next advert would leave our next job queued for up to SUPPLY_DELAY
+        whenever that node's sleeper count only went from some to some."""
+        supply = self._supply.setdefault(fn.name, {})
+        supply[node_id] = supply.get(node_id, 0) + 1
+        if fn.queued > fn.waking:
+            self.unserved(fn, fn.queued - fn.waking)
 
     def _on_taken(self, node_id: str, handle: bytes, conn: int, timeout_ms: int) -> None:
         job = self.m.job_by_handle(bytes(handle))
@@ -441,42 +461,61 @@ class Router:
     # ------------------------------------------------------------------ wake-ups
 
     def sleepers_changed(self, fn: Function) -> None:
-        self._dirty.add(fn.name)
+        self.sleepers_changed_name(fn.name)
+
+    def sleepers_changed_name(self, name: bytes) -> None:
+        self._dirty.add(name)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_supply)
+        if self._refresh is None:
+            self._refresh = self._loop.call_later(SUPPLY_REFRESH, self._refresh_supply)
 
-    def _flush_supply(self, everything: bool = False) -> None:
-        """Advertise our sleeping workers. Under load the counts flip on every
-        job; a message per flip would double the peer traffic. So a function
-        going from none to some sleepers (or back) is told at once, and other
-        changes at most every SUPPLY_DELAY."""
+    def _refresh_supply(self) -> None:
+        """Every SUPPLY_REFRESH while workers sleep here, tell every peer the
+        exact counts: owners adjust theirs by guesses (a push takes one, a
+        finished job gives one back), and this bounds how long a wrong guess
+        can keep a job queued while a worker sleeps."""
+        self._refresh = None
+        sup = {fn.name: len(fn.sleepers) for fn in self.m.functions.values() if fn.sleepers}
+        if not sup:
+            return
+        self._advertised.update(sup)
+        for node_id in self._peers():
+            self.links.send(node_id, [SUP, sup])
+        self._refresh = self._loop.call_later(SUPPLY_REFRESH, self._refresh_supply)
+
+    def _flush_supply(self, late: bool = False) -> None:
+        """Advertise our sleeping workers' counts. Under load they change on
+        every job, and a frame to every peer per change would cost more than
+        the jobs: so at most one advert per SUPPLY_DELAY. An idle node's
+        first change still goes at once (a cold start waits for nothing), and
+        owners meanwhile count a worker that finished their job as free."""
         self._flush_scheduled = False
-        if everything:
+        if late:
             self._late = None
         if not self._dirty:
+            return
+        now = time.monotonic()
+        wait = self._last_advert + SUPPLY_DELAY - now
+        if wait > 0 and not late:
+            if self._late is None:
+                self._late = self._loop.call_later(wait, self._flush_supply, True)
             return
         funcs = self.m.functions
         advertised = self._advertised
         sup = {}
-        later = False
-        for name in list(self._dirty):
+        for name in self._dirty:
             fn = funcs.get(name)
             n = len(fn.sleepers) if fn is not None else 0
-            before = advertised.get(name, 0)
-            if n == before:
-                self._dirty.discard(name)
-            elif everything or (n == 0) != (before == 0):
+            if n != advertised.get(name, 0):
                 sup[name] = n
                 advertised[name] = n
-                self._dirty.discard(name)
-            else:
-                later = True
+        self._dirty.clear()
         if sup:
+            self._last_advert = now
             for node_id in self._peers():
                 self.links.send(node_id, [SUP, sup])
-        if later and self._late is None:
-            self._late = self._loop.call_later(SUPPLY_DELAY, self._flush_supply, True)
 
     def _advertise_all(self, node_id: str) -> None:
         sup = {fn.name: len(fn.sleepers) for fn in self.m.functions.values() if fn.sleepers}
@@ -552,13 +591,20 @@ class Router:
     def _on_push(self, node_id: str, handle: bytes, name: bytes, unique: bytes,
                  reducer: bytes, payload: bytes) -> None:
         name = bytes(name)
-        if self.m.wake_sleepers(name, 1):
-            p = _Pushed(node_id, bytes(handle), name, bytes(unique), bytes(reducer),
-                        bytes(payload), time.monotonic())
-            self._pushed.setdefault(name, deque()).append(p)
-            self._arm_tick()
-        else:
+        fn = self.m.functions.get(name)
+        q = self._pushed.get(name)
+        # Kept for a sleeper (woken now), or for a worker that is awake but
+        # idle: one that just finished a job is on its way to GRAB or
+        # PRE_SLEEP, and both find the pushed job. Never more than there are
+        # workers; a job kept for a busy worker goes back after PUSH_HOLD.
+        if fn is None or not (self.m.wake_sleepers(name, 1)
+                              or (len(q) if q else 0) < fn.workers - len(fn.sleepers)):
             self.links.send(node_id, [RETURN, handle])
+            return
+        p = _Pushed(node_id, bytes(handle), name, bytes(unique), bytes(reducer),
+                    bytes(payload), time.monotonic())
+        self._pushed.setdefault(name, deque()).append(p)
+        self._arm_tick()
 
     def _arm_tick(self) -> None:
         if self._tick is None:
@@ -575,6 +621,9 @@ class Router:
                 while q and q[0].at < expired:
                     p = q.popleft()
                     self.links.send(p.owner, [RETURN, p.handle])
+                    # The owner now counts no sleeper here: tell it the truth.
+                    self._advertised[name] = -1
+                    self.sleepers_changed_name(name)
                 if not q:
                     del self._pushed[name]
             busy = bool(self._pushed)
@@ -667,3 +716,6 @@ class Router:
         if self._late is not None:
             self._late.cancel()
             self._late = None
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None

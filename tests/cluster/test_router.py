@@ -225,17 +225,17 @@ async def test_pushed_job_goes_before_local_work() -> None:
 
 
 @in_loop
-async def test_push_that_finds_no_sleeper_returns_to_the_head_of_the_queue() -> None:
+async def test_push_that_finds_no_worker_returns_to_the_head_of_the_queue() -> None:
     net, n = await cluster("n1", "n2")
     w = n["n2"].worker(b"f")
     await sleep_worker(net, w)
-    n["n2"].m.wake_sleepers(b"f", 1)  # woken by something else; n1 does not know yet
+    w.close()  # gone before its node's new count reaches n1
     c = n["n1"].conn()
     c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
     [(_, handle)] = c.recv()
     await net.settle()
 
-    assert (("n2", "n1", R.RETURN)) in net.kinds()
+    assert ("n2", "n1", R.RETURN) in net.kinds()
     job = job_of(n["n1"], handle)
     assert job.state == QUEUED and job.worker is None
     assert job.retries == 0  # no worker ever saw it
@@ -243,6 +243,52 @@ async def test_push_that_finds_no_sleeper_returns_to_the_head_of_the_queue() -> 
     w1 = n["n1"].worker(b"f")
     w1.send(P.GRAB_JOB)
     assert w1.recv() == [(P.JOB_ASSIGN, handle + b"\0f\0data")]
+
+
+@in_loop
+async def test_push_is_kept_for_an_awake_idle_worker() -> None:
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    n["n2"].m.wake_sleepers(b"f", 1)  # NOOPed for something else; n1 does not know
+    assert w.recv() == [(P.NOOP, b"")]
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(_, handle)] = c.recv()
+    await net.settle()
+
+    assert R.RETURN not in [k for _, _, k in net.kinds()]
+    w.send(P.GRAB_JOB)
+    assert w.recv() == [(P.JOB_ASSIGN, handle + b"\0f\0data")]
+
+
+@in_loop
+async def test_a_remote_worker_that_finishes_gets_the_next_job_without_an_advert() -> None:
+    net, n = await cluster("n1", "n2")
+    ids = ("n1", "n2")
+    w = n["n2"].worker(b"f")
+    await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ids), b"one")
+    [(_, h1)] = c.recv()
+    await net.settle()
+    w.recv()
+    w.send(P.GRAB_JOB)
+    w.recv()
+    # n1 now counts no sleeper on n2, and n2's count (0 -> 1 -> 0) did not
+    # change in a way that would be told at once.
+    assert n["n1"].router._supply[b"f"]["n2"] == 0
+    w.send(P.WORK_COMPLETE, h1, b"r1")
+    await net.settle()
+    assert c.recv() == [(P.WORK_COMPLETE, h1 + b"\0r1")]
+    sups_before = sum(1 for _, _, f in net.log if f[0] == R.SUP)
+
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ids, start=5000), b"two")
+    [(_, h2)] = c.recv()
+    await net.settle()
+    w.send(P.GRAB_JOB)
+    assert w.recv() == [(P.JOB_ASSIGN, h2 + b"\0f\0two")]
+    assert sum(1 for _, _, f in net.log if f[0] == R.SUP) == sups_before
 
 
 @in_loop
