@@ -59,6 +59,7 @@ class GearmanConnection(asyncio.Protocol):
         high = node.config.max_output_buffer
         transport.set_write_buffer_limits(high=max(65536, high // 16))
         self.session = Session(node.new_session_id(), self._write, ip, fd)
+        self.session.flush = self._flush
         node.manager.attach(self.session)
 
     def _write(self, data: bytes) -> None:

@@ -42,6 +42,7 @@ class Session:
         "closed",
         "exceptions",
         "fd",
+        "flush",
         "held",
         "id",
         "listening",
@@ -72,6 +73,9 @@ class Session:
         self.closed = False
         self._out: deque[bytes | Slot] = deque()
         self._pending = 0
+        # Sends what was written so far at once (the connection sets it);
+        # see fill.
+        self.flush: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.peer}>"
@@ -94,6 +98,8 @@ class Session:
         slot.data = data
         self._pending -= 1
         out = self._out
+        if not out or out[0] is not slot:
+            return  # an earlier reply is not known yet: this one waits behind it
         while out:
             head = out[0]
             if type(head) is Slot:
@@ -105,3 +111,9 @@ class Session:
             out.popleft()
             if data and not self.closed:
                 self.write(data)
+        if not self._pending and self.flush is not None:
+            # Every reply the peer waits for is known (typically the last of its
+            # submits in a group commit): send them now, not after the callbacks
+            # of the rest of the commit, so the peer gets on with its next
+            # requests while the other sessions are served.
+            self.flush()

@@ -16,6 +16,7 @@ function starves. Within one function and priority: FIFO.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from node import protocol as P
 from node.jobs import QUEUED, RUNNING
-from node.store import StoredJob
+from node.store import Added, Record, StoredJob
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -1150,10 +1151,10 @@ class HeldStore:
     durable = True
 
     def __init__(self) -> None:
-        self.pending: list[tuple[StoredJob, Callable[[BaseException | None], None]]] = []
+        self.pending: list[tuple[Record, Added[Any]]] = []
         self.removed: list[int] = []
 
-    def add(self, rec: StoredJob, done: Callable[[BaseException | None], None]) -> None:
+    def add(self, rec: Record, done: Added[Any]) -> None:
         self.pending.append((rec, done))
 
     def remove(self, job_id: int,
@@ -1162,10 +1163,10 @@ class HeldStore:
         if done is not None:
             done(None)  # deletes are durable at once here
 
-    def commit(self, err: BaseException | None = None) -> list[StoredJob]:
+    def commit(self, err: BaseException | None = None) -> list[Record]:
         batch, self.pending = self.pending, []
-        for _, done in batch:
-            done(err)
+        for rec, done in batch:
+            done(rec, err)
         return [rec for rec, _ in batch]
 
     def load(self):  # pragma: no cover - not used here
@@ -1331,9 +1332,9 @@ _OPS = st.one_of(
 class _ModelStore(HeldStore):
     def __init__(self) -> None:
         super().__init__()
-        self.rows: dict[int, StoredJob] = {}
+        self.rows: dict[int, Record] = {}
 
-    def commit(self, err: BaseException | None = None) -> list[StoredJob]:
+    def commit(self, err: BaseException | None = None) -> list[Record]:
         if err is None:
             for rec, _ in self.pending:
                 self.rows[rec.id] = rec

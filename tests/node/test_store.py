@@ -70,7 +70,7 @@ class Done:
     def __init__(self) -> None:
         self.results: list[BaseException | None] = []
 
-    def __call__(self, err: BaseException | None) -> None:
+    def __call__(self, rec: object, err: BaseException | None) -> None:
         self.results.append(err)
 
 
@@ -112,8 +112,8 @@ def test_add_is_acknowledged_after_commit(opened, loop, path) -> None:
     store = opened()
     seen: list[list[StoredJob]] = []
 
-    def done(err: BaseException | None) -> None:
-        assert err is None
+    def done(got: StoredJob, err: BaseException | None) -> None:
+        assert err is None and got is r  # the very record that was added comes back
         seen.append(list(store.load()))  # already committed when we are told
 
     r = rec(1, b"pay\0load")
@@ -126,7 +126,7 @@ def test_add_is_acknowledged_after_commit(opened, loop, path) -> None:
 def test_done_runs_only_through_post(opened, loop) -> None:
     store = opened()
     threads: list[str] = []
-    store.add(rec(1), lambda err: threads.append(threading.current_thread().name))
+    store.add(rec(1), lambda _, err: threads.append(threading.current_thread().name))
     loop.run_until(lambda: bool(threads))
     assert threads == [threading.current_thread().name]
 
@@ -247,6 +247,30 @@ def test_adds_during_a_commit_share_the_next_transaction(opened, loop) -> None:
     assert [c.jobs for c in loop.commits] == [1, 500]
     assert all(c.seconds >= 0 for c in loop.commits)
     assert [r.id for r in store.load()] == list(range(1, 502))
+
+
+def test_large_transactions_span_several_statements(opened, loop, path) -> None:
+    # Rows go in multi-row statements of up to 512 rows, the last one padded
+    # with copies of its last row (and, for deletes, of its last id): every
+    # row must arrive exactly once, a later add of an id still winning.
+    store = opened()
+    done = Done()
+    gate = loop.hold_next_post()
+    store.add(rec(1), done)
+    assert loop.in_post.wait(WAIT)
+    for i in range(2, 1203):
+        store.add(rec(i), done)
+    store.add(rec(1202, b"last"), done)
+    gate.set()
+    loop.run_until(lambda: len(done.results) == 1203)
+    assert done.results == [None] * 1203
+    stored = list(store.load())
+    assert [r.id for r in stored] == list(range(1, 1203))
+    assert stored[-1].payload == b"last"
+    for i in range(2, 1190):
+        store.remove(i)
+    store.close()
+    assert [r.id for r in reopen_load(path)] == [1, *range(1190, 1203)]
 
 
 def test_commit_stats_reported_for_remove_only_transactions(opened, loop) -> None:
