@@ -3,8 +3,10 @@
 Order at start: bind the peer port (so the address we publish works), hand
 the router to the job manager, register in etcd as ``joining``, then turn
 ``active`` once we have a map — from then on peers route keys to us.
-Drain turns ``draining`` first, so peers stop routing new keys here while
-running jobs finish; stop revokes the lease, so we leave the map at once.
+Drain turns ``draining`` first, so peers stop routing new keys here; once
+our own map shows that, queued background jobs are handed to their new owners
+(each leaves our store only after the new owner committed it), and running
+jobs finish here; stop revokes the lease, so we leave the map at once.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ClusterExtension:
         self.links.on_peer_down(self._peer_down)
         self.membership: Membership | None = None
         self._metrics_task: asyncio.Task[None] | None = None
+        self._out_of_map = asyncio.Event()  # set once a map lists us as not active
 
     def _peer_down(self, node_id: str) -> None:
         log.warning("link to node %s is down", node_id)
@@ -52,6 +55,10 @@ class ClusterExtension:
     def _on_map(self, new: PartitionMap) -> None:
         log.info("partition map epoch %d: active %s", new.epoch, ", ".join(new.active))
         self.router.set_map(new)
+        if self.node_id not in new.active:
+            self._out_of_map.set()
+        else:
+            self._out_of_map.clear()
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -95,8 +102,20 @@ class ClusterExtension:
         return m.epoch if m is not None else 0
 
     async def drain(self) -> None:
-        if self.membership is not None:
-            await self.membership.set_state("draining", timeout=2)
+        if self.membership is None:
+            return
+        await self.membership.set_state("draining", timeout=2)
+        try:
+            async with asyncio.timeout(5):
+                await self._out_of_map.wait()
+        except TimeoutError:
+            log.warning("drain: the partition map still lists this node as active; "
+                        "its queued jobs stay in its store")
+            return
+        moved, left = await self.router.hand_off_all(self.cfg.grace)
+        log.warning("drain: %d queued background job(s) handed to their new owners; "
+                    "%d background job(s) still here (running, or kept in the store)",
+                    moved, left)
 
     async def stop(self) -> None:
         if self._metrics_task is not None:

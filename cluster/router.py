@@ -63,7 +63,7 @@ from typing import Any, Final
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
-from node.jobs import Function, JobManager, assignment_packet
+from node.jobs import DELAYED, HIGH, LOW, NORMAL, Function, Job, JobManager, assignment_packet
 from node.session import Session, Slot
 from node.stats import Counters
 
@@ -92,6 +92,9 @@ TICK: Final = 0.25
 # woke grabs within milliseconds unless it died or took other work first.
 PUSH_HOLD: Final = 0.5
 HOLDER_CONN: Final = 0  # the proxy that holds jobs pushed to a node, not yet taken
+HANDOFF_CONN: Final = -1  # the "connection" a draining node hands its jobs over from
+# Background submit packet per priority, to hand a queued job over.
+_BG_SUBMIT: Final = {HIGH: P.SUBMIT_JOB_HIGH_BG, NORMAL: P.SUBMIT_JOB_BG, LOW: P.SUBMIT_JOB_LOW_BG}
 SUPPLY_DELAY: Final = 0.05  # how stale a non-zero sleeper count may be
 SUPPLY_REFRESH: Final = 1.0  # exact counts re-sent this often while workers sleep
 
@@ -138,6 +141,16 @@ class RemoteSession(Session):
     def fill(self, slot: Slot, data: bytes) -> None:
         if not self.closed and isinstance(slot, RemoteSlot):
             self.links.send(self.node_id, [REP, slot.rid, self.conn, data])
+
+
+class _Holder(Session):
+    """Holds this node's jobs while they are being handed to other nodes."""
+
+    __slots__ = ()
+    holds_replies = False
+
+    def __init__(self) -> None:
+        super().__init__(0, lambda data: None, "handoff")
 
 
 class _Pushed:
@@ -197,6 +210,10 @@ class Router:
         # pushed jobs taken by a local worker whose owner has not been told
         # yet: connection → handle → owner.
         self._untold: dict[int, dict[bytes, str]] = {}
+        # draining: jobs sent to their new owners, by request id, until answered.
+        self._handoffs: dict[int, tuple[Job, str]] = {}
+        self._handoff_holder = _Holder()
+        self._handoffs_done: asyncio.Event | None = None
         # owner side: sleeping workers per function per node (as advertised,
         # less what we pushed since), and functions with work to push.
         self._supply: dict[bytes, dict[str, int]] = {}
@@ -369,6 +386,11 @@ class Router:
         self._listening.pop(s.id, None)
 
     def _on_reply(self, rid: int, data: bytes) -> None:
+        if self._handoffs:
+            handoff = self._handoffs.pop(rid, None)
+            if handoff is not None:
+                self._handoff_answered(handoff[0], data)
+                return
         p = self._pending.pop(rid, None)
         if p is None:
             return
@@ -661,6 +683,105 @@ class Router:
             except Exception:
                 log.exception("bad frame from %s: %.200r", node_id, f)
 
+    # ------------------------------------------------------------------ draining
+
+    def hand_off(self) -> int:
+        """Send every queued background job to the node that owns its key
+        under the current map (which no longer lists this node as active),
+        as an ordinary background submit. Each leaves this node (and its
+        store) only once the new owner has answered JOB_CREATED — after its
+        own commit — so a job is never in neither place; if the answer is
+        lost it is in both, and runs again when this node comes back.
+        Returns how many were sent."""
+        m = self.m
+        pmap = self.map
+        if pmap is None or self.node_id in pmap.active or not pmap.active:
+            return 0
+        holder = self._handoff_holder
+        sent = 0
+        for fn in list(m.functions.values()):
+            kept: list[Job] = []
+            while fn.queued:
+                job = m.take_queued(fn, holder)
+                if job is None:
+                    break
+                if self._send_handoff(job):
+                    sent += 1
+                else:
+                    kept.append(job)
+            for job in reversed(kept):  # back to the head, in their order
+                m.unassign(job)
+        for job in [j for j in m.jobs.values() if j.state == DELAYED]:
+            m.hold_delayed(job, holder)
+            if self._send_handoff(job):
+                sent += 1
+            else:
+                m.unassign(job)
+        return sent
+
+    def _send_handoff(self, job: Job) -> bool:
+        # Foreground jobs have clients waiting on this node's job; reduce
+        # jobs are rare: both stay and run here or fail over as before.
+        if not job.bg or job.listeners or job.reducer:
+            return False
+        pmap = self.map
+        assert pmap is not None
+        key = job.payload if job.unique == b"-" else job.unique
+        if key:
+            target = pmap.owner_of_key(key)
+        else:
+            # No key: any other node will do; spread them.
+            self._rotate += 1
+            active = pmap.active
+            target = active[self._rotate % len(active)]
+        if target is None or target == self.node_id:
+            return False
+        if job.when:
+            ptype = P.SUBMIT_JOB_EPOCH
+            args = [job.fn.name, job.unique, str(job.when).encode(), job.payload]
+        else:
+            ptype = _BG_SUBMIT[job.priority]
+            args = [job.fn.name, job.unique, job.payload]
+        self._rid += 1
+        rid = self._rid
+        if not self.links.send(target, [REQ, rid, HANDOFF_CONN, False, ptype, args]):
+            return False
+        self._handoffs[rid] = (job, target)
+        return True
+
+    def _handoff_answered(self, job: Job, data: bytes) -> None:
+        if _ptype(data) == P.JOB_CREATED:
+            self.m.handed_off(job)
+            self.counters.handed_off += 1
+        else:
+            if data:
+                log.warning("handing job %d over was refused: %r; it stays here", job.id,
+                            data[12:].replace(b"\0", b" "))
+            self.m.unassign(job)
+        if not self._handoffs and self._handoffs_done is not None:
+            self._handoffs_done.set()
+
+    async def hand_off_all(self, timeout: float) -> tuple[int, int]:
+        """hand_off until nothing is left to send or the time is up (submits
+        routed here under the previous map may still arrive for a moment).
+        Returns (jobs handed over, background jobs still here)."""
+        loop = self._loop
+        deadline = loop.time() + timeout
+        for _ in range(3):
+            if not self.hand_off():
+                break
+            self._handoffs_done = asyncio.Event()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._handoffs_done.wait()
+            except TimeoutError:
+                break
+            finally:
+                self._handoffs_done = None
+        moved = self.counters.handed_off
+        left = sum(1 for j in self.m.jobs.values() if j.bg)
+        return moved, left
+
     # ------------------------------------------------------------------ failures
 
     def node_lost(self, node_id: str) -> None:
@@ -682,6 +803,9 @@ class Router:
                 del waiting[h]
                 if s is not None:
                     s.send(P.packet(P.WORK_FAIL, h))
+        for rid in [r for r, (_, target) in self._handoffs.items() if target == node_id]:
+            job, _ = self._handoffs.pop(rid)
+            self._handoff_answered(job, b"")
         for conn, untold in list(self._untold.items()):
             for handle in [h for h, o in untold.items() if o == node_id]:
                 del untold[handle]

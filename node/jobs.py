@@ -684,6 +684,19 @@ class JobManager:
             job.timer = None
         self._arm_timeout(job, s, timeout_ms)
 
+    def hold_delayed(self, job: Job, holder: Session) -> None:
+        """Like take_queued, for an epoch job whose time has not come (its
+        heap entry is skipped once the job is no longer DELAYED)."""
+        if job.state == DELAYED:
+            job.fn.delayed -= 1
+            self._run(job, holder, 0)
+
+    def handed_off(self, job: Job) -> None:
+        """Another node now holds this job (durably, if it was stored here):
+        it leaves this node without a word to anyone."""
+        if job.state == RUNNING:
+            self._finish(job)
+
     def unassign(self, job: Job) -> None:
         """A pushed job came back unstarted: to the head of its queue, and not
         counted as a retry, since no worker ever saw it."""
@@ -697,6 +710,9 @@ class JobManager:
         job.worker = None
         fn = job.fn
         fn.running -= 1
+        if job.when and job.when > self.clock.time():
+            self._make_runnable(job)  # back to waiting for its time
+            return
         job.state = QUEUED
         fn.queues[job.priority].appendleft(job)
         fn.queued += 1

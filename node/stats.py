@@ -19,6 +19,7 @@ class Counters:
     rejected: int = 0  # QUEUE_ERROR and other refused submits
     forwarded: int = 0  # submits sent to another node (cluster)
     pushed: int = 0  # jobs this owner handed to another node's sleeping worker
+    handed_off: int = 0  # queued jobs moved to their new owner while draining
     connections_accepted: int = 0
     connections_refused: int = 0
     protocol_errors: int = 0

@@ -869,3 +869,47 @@ def test_job_fails_when_its_worker_node_is_killed_with_job_retries_1(
                                  f"\nj3 log:\n{j3.log_tail()}") from None
     finally:
         jc.close()
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_hands_queued_background_jobs_to_their_new_owners(
+    cluster: Cluster, extra: Callable[..., ClusterNode], workers: Callable[..., ReverseWorker]
+) -> None:
+    before = cluster.wait_converged(CORE)
+    n8 = extra("n8")
+    four = [*CORE, "n8"]
+    cluster.wait_converged(four, after=before)
+    func = "handoff.fn"
+    # Owned by n8 (submitted on n1, forwarded), in three priorities, plus
+    # jobs with no unique, which stay on the node they were submitted to.
+    owned = cluster.uniques_owned_by("n8", four, 30, "handoff")
+    payloads = [f"handoff-payload-{i}" for i in range(len(owned))]
+    n1 = node(cluster, "n1")
+    with RawClient(n1.host_port, timeout=15) as c:
+        for i, (u, p) in enumerate(zip(owned, payloads, strict=True)):
+            ptype = (T.SUBMIT_JOB_BG, T.SUBMIT_JOB_HIGH_BG, T.SUBMIT_JOB_LOW_BG)[i % 3]
+            c.send_raw(pack(ptype, join(func, u, p)))
+        handles = [c.expect(T.JOB_CREATED).payload for _ in owned]
+    assert {owner_in(h) for h in handles} == {"n8"}
+    local = [("", f"handoff-local-{i}") for i in range(6)]
+    submit_bg(n8, func, local)
+    wait_for_status(n8.host_port, func, total=len(owned) + len(local), running=0)
+
+    n8.send_signal(signal.SIGTERM)
+    wait_until(lambda: not n8.running, 20, what="n8 to exit after SIGTERM")
+    assert n8.stop() == 0
+    assert "handed to their new owners" in n8.log_text()
+
+    # Every job now runs exactly once on the remaining nodes...
+    ledger = Ledger()
+    start_reverse_workers(workers, [node(cluster, "n2")], func, ledger)
+    expected = [p.encode() for p in payloads] + [p.encode() for _, p in local]
+    assert ledger.wait_assigned(len(expected), 30), len(ledger)
+    wait_cluster_idle(core(cluster), func)
+    assert ledger.runs() == Counter({p: 1 for p in expected})
+    # ... and n8's store kept none of them: restarted, it replays nothing.
+    n8.launch()
+    n8.wait_ready()  # /readyz: replay is over
+    assert status(n8.host_port).get(func, (0, 0, 0))[0] == 0
+    wait_cluster_idle(core(cluster), func)
+    assert ledger.runs() == Counter({p: 1 for p in expected})

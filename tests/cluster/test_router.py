@@ -403,3 +403,70 @@ async def test_owner_requeues_jobs_pushed_to_a_lost_node() -> None:
 
     n["n1"].router.node_lost("n2")
     assert job_of(n["n1"], handle).state == QUEUED
+
+
+def drain_map(nodes: dict[str, Node], draining: str) -> None:
+    members = {i: MemberInfo(peer_address=f"{i}:1",
+                             state="draining" if i == draining else "active") for i in nodes}
+    pmap = PartitionMap(2, members)
+    for n in nodes.values():
+        n.router.set_map(pmap)
+
+
+@in_loop
+async def test_drain_hands_queued_background_jobs_over_in_order() -> None:
+    net, n = await cluster("n1", "n2")
+    ids = ("n1", "n2")
+    c = n["n1"].conn()
+    sent = []
+    for k, ptype in enumerate([P.SUBMIT_JOB_LOW_BG, P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH_BG,
+                               P.SUBMIT_JOB_BG, P.SUBMIT_JOB_LOW_BG]):
+        u = unique_owned_by("n1", ids, start=k * 1000)
+        c.send(ptype, b"f", u, b"p%d" % k)
+        sent.append(u)
+    c.send(P.SUBMIT_JOB_BG, b"f", b"", b"no-unique")
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ids, start=9000), b"foreground")
+    future = int(n["n1"].m.clock.time()) + 3600
+    c.send(P.SUBMIT_JOB_EPOCH, b"f", unique_owned_by("n1", ids, start=7000),
+           str(future).encode(), b"later")
+    c.recv()
+    drain_map(n, "n1")
+
+    assert n["n1"].router.hand_off() == 7  # not the foreground job
+    await net.settle()
+
+    m1, m2 = n["n1"].m, n["n2"].m
+    assert [j.payload for j in m1.jobs.values()] == [b"foreground"]
+    assert n["n1"].router.counters.handed_off == 7
+    # n2 runs them in the order n1 would have: priority, then arrival.
+    w = n["n2"].worker(b"f")
+    got = []
+    for _ in range(6):
+        w.send(P.GRAB_JOB)
+        [(ptype, payload)] = w.recv()
+        assert ptype == P.JOB_ASSIGN
+        got.append(payload.rsplit(b"\0", 1)[1])
+    assert got == [b"p2", b"p1", b"p3", b"no-unique", b"p0", b"p4"]
+    [later] = [j for j in m2.jobs.values() if j.payload == b"later"]
+    assert later.when == future and later.state == R.DELAYED
+
+
+@in_loop
+async def test_a_job_the_new_owner_cannot_take_stays_in_place() -> None:
+    net, n = await cluster("n1", "n2")
+    ids = ("n1", "n2")
+    c = n["n1"].conn()
+    for k in range(3):
+        c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ids, start=k * 1000), b"p%d" % k)
+    c.recv()
+    drain_map(n, "n1")
+    net.down.add("n2")
+
+    assert n["n1"].router.hand_off() == 0
+    await net.settle()
+
+    fn = n["n1"].m.functions[b"f"]
+    assert (fn.queued, fn.running) == (3, 0)
+    w = n["n1"].worker(b"f")
+    w.send(P.GRAB_JOB)
+    assert w.recv()[0][1].endswith(b"\0p0")
