@@ -63,7 +63,7 @@ from typing import Any, Final
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
-from node.jobs import DELAYED, HIGH, LOW, NORMAL, Function, Job, JobManager, assignment_packet
+from node.jobs import HIGH, LOW, NORMAL, Function, Job, JobManager, assignment_packet
 from node.session import Session, Slot
 from node.stats import Counters
 
@@ -249,6 +249,15 @@ class Router:
             log.warning("node %s left the cluster", node_id)
             self.links.disconnect(node_id)
             self.node_lost(node_id)
+        # Partitions moved (a node joined, or we came back to a changed ring):
+        # queued background jobs follow their key, so the new owner coalesces
+        # against them. A draining node hands off from drain() instead, where
+        # it can wait for the answers.
+        if self.node_id in new.active and (old is None or not old.same_assignment(new)):
+            moved = self.hand_off()
+            if moved:
+                log.warning("ring change (epoch %d): handing %d queued background job(s) to "
+                            "their new owners", new.epoch, moved)
 
     def owner_of(self, key: bytes) -> str | None:
         m = self.map
@@ -686,56 +695,45 @@ class Router:
     # ------------------------------------------------------------------ draining
 
     def hand_off(self) -> int:
-        """Send every queued background job to the node that owns its key
-        under the current map (which no longer lists this node as active),
-        as an ordinary background submit. Each leaves this node (and its
-        store) only once the new owner has answered JOB_CREATED — after its
-        own commit — so a job is never in neither place; if the answer is
-        lost it is in both, and runs again when this node comes back.
-        Returns how many were sent."""
-        m = self.m
+        """Send each queued or delayed background job whose key another node
+        owns under the current map to that node, as an ordinary background
+        submit: all of them when this node is draining (no longer active),
+        those of moved partitions after a ring change. A job leaves this
+        node (and its store) only once the new owner has answered
+        JOB_CREATED, after its own commit, so it is never in neither place;
+        if that answer is lost it is in both, and may run twice. Returns how
+        many were sent."""
         pmap = self.map
-        if pmap is None or self.node_id in pmap.active or not pmap.active:
+        if pmap is None or not pmap.active:
             return 0
-        holder = self._handoff_holder
-        sent = 0
-        for fn in list(m.functions.values()):
-            kept: list[Job] = []
-            while fn.queued:
-                job = m.take_queued(fn, holder)
-                if job is None:
-                    break
-                if self._send_handoff(job):
-                    sent += 1
-                else:
-                    kept.append(job)
-            for job in reversed(kept):  # back to the head, in their order
-                m.unassign(job)
-        for job in [j for j in m.jobs.values() if j.state == DELAYED]:
-            m.hold_delayed(job, holder)
-            if self._send_handoff(job):
-                sent += 1
-            else:
-                m.unassign(job)
-        return sent
+        draining = self.node_id not in pmap.active
+        targets: dict[int, str] = {}
 
-    def _send_handoff(self, job: Job) -> bool:
-        # Foreground jobs have clients waiting on this node's job; reduce
-        # jobs are rare: both stay and run here or fail over as before.
-        if not job.bg or job.listeners or job.reducer:
-            return False
-        pmap = self.map
-        assert pmap is not None
-        key = job.payload if job.unique == b"-" else job.unique
-        if key:
-            target = pmap.owner_of_key(key)
-        else:
-            # No key: any other node will do; spread them.
-            self._rotate += 1
-            active = pmap.active
-            target = active[self._rotate % len(active)]
-        if target is None or target == self.node_id:
-            return False
+        def want(job: Job) -> bool:
+            # Foreground jobs have clients waiting on this node's job; reduce
+            # jobs are rare: both stay and run here as before.
+            if not job.bg or job.listeners or job.reducer:
+                return False
+            key = job.payload if job.unique == b"-" else job.unique
+            if key:
+                target = pmap.owner_of_key(key)
+            elif draining:
+                self._rotate += 1  # no key: any other node will do; spread them
+                target = pmap.active[self._rotate % len(pmap.active)]
+            else:
+                return False  # no key: it belongs where it was submitted
+            if target is None or target == self.node_id:
+                return False
+            targets[job.id] = target
+            return True
+
+        taken = self.m.take_matching(self._handoff_holder, want)
+        refused = [job for job in taken if not self._send_handoff(job, targets[job.id])]
+        for job in reversed(refused):  # back to the head, in their order
+            self.m.unassign(job)
+        return len(taken) - len(refused)
+
+    def _send_handoff(self, job: Job, target: str) -> bool:
         if job.when:
             ptype = P.SUBMIT_JOB_EPOCH
             args = [job.fn.name, job.unique, str(job.when).encode(), job.payload]

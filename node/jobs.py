@@ -684,12 +684,37 @@ class JobManager:
             job.timer = None
         self._arm_timeout(job, s, timeout_ms)
 
-    def hold_delayed(self, job: Job, holder: Session) -> None:
-        """Like take_queued, for an epoch job whose time has not come (its
-        heap entry is skipped once the job is no longer DELAYED)."""
-        if job.state == DELAYED:
+    def take_matching(self, holder: Session, want: Callable[[Job], bool]) -> list[Job]:
+        """Every queued or delayed job for which ``want`` holds, in the order
+        workers would get them (per function: priority, then arrival; epoch
+        jobs last), counted as running and held by ``holder`` — to be moved
+        to another node (``handed_off``) or put back (``unassign``)."""
+        taken: list[Job] = []
+        for fn in self.functions.values():
+            if not fn.queued:
+                continue
+            for q in fn.queues:
+                if not q:
+                    continue
+                kept: deque[Job] = deque()
+                for job in q:
+                    if job.state != QUEUED:
+                        continue  # cancelled or abandoned: dropped now
+                    if want(job):
+                        taken.append(job)
+                    else:
+                        kept.append(job)
+                q.clear()
+                q.extend(kept)
+        for job in taken:
+            job.fn.queued -= 1
+        delayed = [j for j in self.jobs.values() if j.state == DELAYED and want(j)]
+        for job in delayed:
             job.fn.delayed -= 1
+        taken.extend(delayed)
+        for job in taken:
             self._run(job, holder, 0)
+        return taken
 
     def handed_off(self, job: Job) -> None:
         """Another node now holds this job (durably, if it was stored here):

@@ -913,3 +913,34 @@ def test_sigterm_hands_queued_background_jobs_to_their_new_owners(
     assert status(n8.host_port).get(func, (0, 0, 0))[0] == 0
     wait_cluster_idle(core(cluster), func)
     assert ledger.runs() == Counter({p: 1 for p in expected})
+
+
+@pytest.mark.timeout(90)
+def test_queued_background_jobs_move_to_a_node_that_joins(
+    cluster: Cluster, extra: Callable[..., ClusterNode], workers: Callable[..., ReverseWorker]
+) -> None:
+    before = cluster.wait_converged(CORE)
+    four = [*CORE, "n9"]
+    func = "rebalance.fn"
+    # Queued before n9 exists, owned by n9 once it does.
+    moving = cluster.uniques_owned_by("n9", four, 20, "rebalance")
+    items = [(u, f"rebalance-payload-{i}") for i, u in enumerate(moving)]
+    handles = submit_bg(node(cluster, "n1"), func, items)
+    assert {owner_in(h) for h in handles} <= set(CORE)
+
+    n9 = extra("n9")
+    cluster.wait_converged(four, after=before)
+    wait_for_status(n9.host_port, func, total=len(items), running=0)
+    for n in core(cluster):
+        assert status(n.host_port).get(func, (0, 0, 0))[0] == 0, n.node_id
+    # Coalescing holds across the move: the same unique lands on the job n9
+    # was handed.
+    again = submit_bg(node(cluster, "n2"), func, [(moving[0], "ignored")])
+    assert owner_in(again[0]) == "n9"
+    wait_for_status(n9.host_port, func, total=len(items))
+
+    ledger = Ledger()
+    start_reverse_workers(workers, [node(cluster, "n3")], func, ledger)
+    assert ledger.wait_assigned(len(items), 30), len(ledger)
+    wait_cluster_idle([*core(cluster), n9], func)
+    assert ledger.runs() == Counter({p.encode(): 1 for _, p in items})

@@ -23,7 +23,7 @@ from cluster.memberinfo import MemberInfo
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState
 from node import protocol as P
-from node.jobs import QUEUED, RUNNING, JobManager, ManagerConfig
+from node.jobs import DELAYED, QUEUED, RUNNING, JobManager, ManagerConfig
 from node.session import Session
 from node.stats import Counters
 
@@ -141,10 +141,11 @@ class Node:
         return w
 
 
-async def cluster(*ids: str) -> tuple[Net, dict[str, Node]]:
+async def cluster(*ids: str, joining: tuple[str, ...] = ()) -> tuple[Net, dict[str, Node]]:
     net = Net()
     nodes = {i: Node(net, i) for i in ids}
-    members = {i: MemberInfo(peer_address=f"{i}:1", state="active") for i in ids}
+    members = {i: MemberInfo(peer_address=f"{i}:1",
+                             state="joining" if i in joining else "active") for i in ids}
     pmap = PartitionMap(1, members)
     for n in nodes.values():
         n.router.set_map(pmap)
@@ -448,7 +449,7 @@ async def test_drain_hands_queued_background_jobs_over_in_order() -> None:
         got.append(payload.rsplit(b"\0", 1)[1])
     assert got == [b"p2", b"p1", b"p3", b"no-unique", b"p0", b"p4"]
     [later] = [j for j in m2.jobs.values() if j.payload == b"later"]
-    assert later.when == future and later.state == R.DELAYED
+    assert later.when == future and later.state == DELAYED
 
 
 @in_loop
@@ -470,3 +471,36 @@ async def test_a_job_the_new_owner_cannot_take_stays_in_place() -> None:
     w = n["n1"].worker(b"f")
     w.send(P.GRAB_JOB)
     assert w.recv()[0][1].endswith(b"\0p0")
+
+
+@in_loop
+async def test_queued_background_jobs_follow_their_key_when_a_node_joins() -> None:
+    net, n = await cluster("n1", "n2", "n3", joining=("n3",))
+    before, after = ("n1", "n2"), ("n1", "n2", "n3")
+    old = PartitionMap(0, {i: MemberInfo("-", state="active") for i in before})
+    new = PartitionMap(0, {i: MemberInfo("-", state="active") for i in after})
+    moving = [u for u in (b"u%d" % k for k in range(2000))
+              if old.owner_of_key(u) == "n1" and new.owner_of_key(u) == "n3"][:5]
+    staying = unique_owned_by("n1", after)
+    c = n["n1"].conn()
+    for u in [*moving, staying]:
+        c.send(P.SUBMIT_JOB_BG, b"f", u, b"payload-" + u)
+    assert all(h.startswith(b"H:n1:") for _, h in c.recv())
+    c.send(P.SUBMIT_JOB_BG, b"f", b"", b"no-unique")
+    c.recv()
+
+    members = {i: MemberInfo(peer_address=f"{i}:1", state="active") for i in after}
+    for node in n.values():
+        node.router.set_map(PartitionMap(2, members))
+    await net.settle()
+
+    assert sorted(j.unique for j in n["n3"].m.jobs.values()) == sorted(moving)
+    assert sorted(j.unique for j in n["n1"].m.jobs.values()) == sorted([staying, b""])
+    # The new owner coalesces against what it was handed, wherever the
+    # submit arrives.
+    c2 = n["n2"].conn()
+    c2.send(P.SUBMIT_JOB_BG, b"f", moving[0], b"again")
+    await net.settle()
+    [(ptype, handle)] = c2.recv()
+    assert ptype == P.JOB_CREATED and handle.startswith(b"H:n3:")
+    assert len(n["n3"].m.jobs) == len(moving)
