@@ -23,7 +23,8 @@ Dispatch across nodes (work-conserving, one job per sleeping worker):
   worker's GRAB takes a pushed job before local work and the node tells the
   owner which connection took it (``taken``), so its results, timeout and
   disconnection apply as for any remote worker;
-* a push that finds no sleeper, or that no worker took within PUSH_HOLD,
+* a push that finds no sleeper (or awake worker), or that no worker took
+  within PUSH_HOLD (PUSH_HOLD_AWAKE when no sleeper was woken for it),
   goes back (``return``) to the head of the owner's queue, unstarted;
 * a periodic tick re-offers queued work to nodes that advertise sleepers,
   so a job is never left queued while a worker that can do it sleeps.
@@ -91,6 +92,10 @@ TICK: Final = 0.25
 # How long a pushed job may wait here for a worker to take it. The sleeper it
 # woke grabs within milliseconds unless it died or took other work first.
 PUSH_HOLD: Final = 0.5
+# How long one kept for an awake worker may wait: that worker may be busy with
+# another node's job (a worker connected to several nodes is awake on all of
+# them), so a short wait, enough for one that just finished to grab or sleep.
+PUSH_HOLD_AWAKE: Final = 0.02
 HOLDER_CONN: Final = 0  # the proxy that holds jobs pushed to a node, not yet taken
 HANDOFF_CONN: Final = -1  # the "connection" a draining node hands its jobs over from
 # Background submit packet per priority, to hand a queued job over.
@@ -154,17 +159,17 @@ class _Holder(Session):
 
 
 class _Pushed:
-    __slots__ = ("at", "handle", "name", "owner", "payload", "reducer", "unique")
+    __slots__ = ("handle", "name", "owner", "payload", "reducer", "unique", "until")
 
     def __init__(self, owner: str, handle: bytes, name: bytes, unique: bytes, reducer: bytes,
-                 payload: bytes, at: float) -> None:
+                 payload: bytes, until: float) -> None:
         self.owner = owner
         self.handle = handle
         self.name = name
         self.unique = unique
         self.reducer = reducer
         self.payload = payload
-        self.at = at
+        self.until = until  # returned to its owner if no worker took it by then
 
 
 class _Pending:
@@ -226,6 +231,7 @@ class Router:
         self._advertised: dict[bytes, int] = {}
         self._late: asyncio.TimerHandle | None = None
         self._refresh: asyncio.TimerHandle | None = None
+        self._short: asyncio.TimerHandle | None = None
         self._last_advert = 0.0
         self._loop = asyncio.get_running_loop()
         self._tick: asyncio.TimerHandle | None = None
@@ -624,18 +630,45 @@ class Router:
         name = bytes(name)
         fn = self.m.functions.get(name)
         q = self._pushed.get(name)
-        # Kept for a sleeper (woken now), or for a worker that is awake but
-        # idle: one that just finished a job is on its way to GRAB or
+        # Kept for a sleeper (woken now), or briefly for a worker that is
+        # awake: one that just finished a job is on its way to GRAB or
         # PRE_SLEEP, and both find the pushed job. Never more than there are
-        # workers; a job kept for a busy worker goes back after PUSH_HOLD.
-        if fn is None or not (self.m.wake_sleepers(name, 1)
-                              or (len(q) if q else 0) < fn.workers - len(fn.sleepers)):
+        # awake workers.
+        if fn is None:
+            hold = 0.0
+        elif self.m.wake_sleepers(name, 1):
+            hold = PUSH_HOLD
+        elif (len(q) if q else 0) < fn.workers - len(fn.sleepers):
+            hold = PUSH_HOLD_AWAKE
+            if self._short is None:
+                self._short = self._loop.call_later(PUSH_HOLD_AWAKE, self._expire_pushed)
+        else:
+            hold = 0.0
+        if not hold:
             self.links.send(node_id, [RETURN, handle])
             return
         p = _Pushed(node_id, bytes(handle), name, bytes(unique), bytes(reducer),
-                    bytes(payload), time.monotonic())
+                    bytes(payload), time.monotonic() + hold)
         self._pushed.setdefault(name, deque()).append(p)
         self._arm_tick()
+
+    def _expire_pushed(self) -> None:
+        """Pushed jobs no worker took in time go back to their owner."""
+        self._short = None
+        now = time.monotonic()
+        for name, q in list(self._pushed.items()):
+            if all(p.until > now for p in q):
+                continue
+            for p in [p for p in q if p.until <= now]:
+                self.links.send(p.owner, [RETURN, p.handle])
+            kept = deque(p for p in q if p.until > now)
+            if kept:
+                self._pushed[name] = kept
+            else:
+                del self._pushed[name]
+            # The owner now counts no sleeper here: tell it the truth.
+            self._advertised[name] = -1
+            self.sleepers_changed_name(name)
 
     def _arm_tick(self) -> None:
         if self._tick is None:
@@ -647,16 +680,7 @@ class Router:
         self._tick = None
         busy = False
         if self._pushed:
-            expired = time.monotonic() - PUSH_HOLD
-            for name, q in list(self._pushed.items()):
-                while q and q[0].at < expired:
-                    p = q.popleft()
-                    self.links.send(p.owner, [RETURN, p.handle])
-                    # The owner now counts no sleeper here: tell it the truth.
-                    self._advertised[name] = -1
-                    self.sleepers_changed_name(name)
-                if not q:
-                    del self._pushed[name]
+            self._expire_pushed()
             busy = bool(self._pushed)
         for fn in self.m.functions.values():
             if fn.queued > fn.waking and self._supply.get(fn.name):
@@ -841,3 +865,6 @@ class Router:
         if self._refresh is not None:
             self._refresh.cancel()
             self._refresh = None
+        if self._short is not None:
+            self._short.cancel()
+            self._short = None
