@@ -168,6 +168,20 @@ async def sleep_worker(net: Net, w: Conn) -> None:
     await net.settle()
 
 
+async def one_job_for_a_sleeper(ptype: int = P.SUBMIT_JOB, timeout: int = 0
+                                ) -> tuple[Net, dict[str, Node], Conn, Conn, bytes]:
+    """n1 owns a job and n2's only worker sleeps: (net, nodes, worker, client,
+    handle) once n1's push has reached n2."""
+    net, n = await cluster("n1", "n2")
+    w = n["n2"].worker(b"f", timeout=timeout)
+    await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(ptype, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(_, handle)] = c.recv()
+    await net.settle()
+    return net, n, w, c, handle
+
+
 def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
     """Run the test coroutine in a fresh event loop (the router needs one)."""
     def run() -> None:
@@ -313,13 +327,7 @@ async def test_one_push_per_advertised_sleeper_spread_over_nodes() -> None:
 
 @in_loop
 async def test_worker_with_a_timeout_is_told_to_the_owner_at_once() -> None:
-    net, n = await cluster("n1", "n2")
-    w = n["n2"].worker(b"f", timeout=5000)
-    await sleep_worker(net, w)
-    c = n["n1"].conn()
-    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
-    [(_, handle)] = c.recv()
-    await net.settle()
+    net, n, w, _, handle = await one_job_for_a_sleeper(timeout=5000)
     w.recv()
     w.send(P.GRAB_JOB)
     w.recv()
@@ -333,13 +341,7 @@ async def test_worker_with_a_timeout_is_told_to_the_owner_at_once() -> None:
 
 @in_loop
 async def test_worker_gone_before_its_first_result_requeues_the_job() -> None:
-    net, n = await cluster("n1", "n2")
-    w = n["n2"].worker(b"f")
-    await sleep_worker(net, w)
-    c = n["n1"].conn()
-    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
-    [(_, handle)] = c.recv()
-    await net.settle()
+    net, n, w, _, handle = await one_job_for_a_sleeper()
     w.recv()
     w.send(P.GRAB_JOB)
     assert w.recv()[0][0] == P.JOB_ASSIGN
@@ -353,13 +355,7 @@ async def test_worker_gone_before_its_first_result_requeues_the_job() -> None:
 
 @in_loop
 async def test_pushed_job_nobody_takes_goes_back_after_the_hold() -> None:
-    net, n = await cluster("n1", "n2")
-    w = n["n2"].worker(b"f")
-    await sleep_worker(net, w)
-    c = n["n1"].conn()
-    c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
-    [(_, handle)] = c.recv()
-    await net.settle()
+    net, n, w, _, handle = await one_job_for_a_sleeper(P.SUBMIT_JOB_BG)
     assert w.recv() == [(P.NOOP, b"")]  # ... and it never grabs
 
     r2 = n["n2"].router
@@ -377,12 +373,7 @@ async def test_pushed_job_nobody_takes_goes_back_after_the_hold() -> None:
 
 @in_loop
 async def test_pushed_jobs_of_a_lost_owner_are_dropped() -> None:
-    net, n = await cluster("n1", "n2")
-    w = n["n2"].worker(b"f")
-    await sleep_worker(net, w)
-    c = n["n1"].conn()
-    c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
-    await net.settle()
+    net, n, w, _, _ = await one_job_for_a_sleeper(P.SUBMIT_JOB_BG)
     w.recv()
 
     net.down.add("n1")
@@ -393,13 +384,7 @@ async def test_pushed_jobs_of_a_lost_owner_are_dropped() -> None:
 
 @in_loop
 async def test_owner_requeues_jobs_pushed_to_a_lost_node() -> None:
-    net, n = await cluster("n1", "n2")
-    w = n["n2"].worker(b"f")
-    await sleep_worker(net, w)
-    c = n["n1"].conn()
-    c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
-    [(_, handle)] = c.recv()
-    await net.settle()
+    _, n, _, _, handle = await one_job_for_a_sleeper(P.SUBMIT_JOB_BG)
     assert job_of(n["n1"], handle).state == RUNNING
 
     n["n1"].router.node_lost("n2")
