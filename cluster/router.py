@@ -38,18 +38,8 @@ Routing key: the unique id alone (the payload for unique ``-``), not function
 lets any node find the owner; jobs of different functions with the same
 unique merely share an owner.
 
-Frames (msgpack lists) on the peer link:
-
-    ["req", rid, conn, exceptions, ptype, args]   entry → owner (rid 0: no reply)
-    ["rep", rid, conn, packet_bytes]              owner → entry
-    ["out", conn, packet_bytes]                   owner → entry
-    ["gone", conn]                                entry → owner: connection closed
-    ["sup", {function: sleepers}]                 worker node → all
-    ["push", handle, function, unique, reducer, payload]   owner → worker node
-    ["taken", handle, conn, timeout_ms]           worker node → owner, at once when
-                                                  the worker has a timeout, else
-                                                  just before its first result
-    ["return", handle]                            worker node → owner
+Frames on the peer link: cluster/frames.py. Moving queued jobs when
+partitions move: cluster/handoff.py.
 """
 
 from __future__ import annotations
@@ -61,23 +51,19 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final
 
+from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN, packet_type
+from cluster.handoff import Handoff
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
-from node.jobs import HIGH, LOW, NORMAL, Function, Job, JobManager, assignment_packet
+from node.jobs import Function, JobManager, assignment_packet
 from node.session import Session, Slot
 from node.stats import Counters
 
 log = logging.getLogger("gearmesh.cluster")
 
-REQ: Final = "req"
-REP: Final = "rep"
-OUT: Final = "out"
-GONE: Final = "gone"
-SUP: Final = "sup"
-PUSH: Final = "push"
-TAKEN: Final = "taken"
-RETURN: Final = "return"
+__all__ = ["GONE", "OUT", "PUSH", "REP", "REQ", "RETURN", "SUP", "TAKEN", "RemoteSession",
+           "Router"]
 
 # What a forwarded request was, so the reply can be post-processed.
 K_SUBMIT_FG: Final = 1
@@ -97,9 +83,6 @@ PUSH_HOLD: Final = 0.5
 # them), so a short wait, enough for one that just finished to grab or sleep.
 PUSH_HOLD_AWAKE: Final = 0.02
 HOLDER_CONN: Final = 0  # the proxy that holds jobs pushed to a node, not yet taken
-HANDOFF_CONN: Final = -1  # the "connection" a draining node hands its jobs over from
-# Background submit packet per priority, to hand a queued job over.
-_BG_SUBMIT: Final = {HIGH: P.SUBMIT_JOB_HIGH_BG, NORMAL: P.SUBMIT_JOB_BG, LOW: P.SUBMIT_JOB_LOW_BG}
 SUPPLY_DELAY: Final = 0.05  # how stale a non-zero sleeper count may be
 SUPPLY_REFRESH: Final = 1.0  # exact counts re-sent this often while workers sleep
 
@@ -148,16 +131,6 @@ class RemoteSession(Session):
             self.links.send(self.node_id, [REP, slot.rid, self.conn, data])
 
 
-class _Holder(Session):
-    """Holds this node's jobs while they are being handed to other nodes."""
-
-    __slots__ = ()
-    holds_replies = False
-
-    def __init__(self) -> None:
-        super().__init__(0, lambda data: None, "handoff")
-
-
 class _Pushed:
     __slots__ = ("handle", "name", "owner", "payload", "reducer", "unique", "until")
 
@@ -181,10 +154,6 @@ class _Pending:
         self.kind = kind
         self.owner = owner
         self.arg = arg  # the handle or unique of a status request
-
-
-def _ptype(data: bytes) -> int:
-    return int.from_bytes(data[4:8], "big") if len(data) >= 12 else 0
 
 
 def _handle_of(data: bytes) -> bytes:
@@ -216,9 +185,7 @@ class Router:
         # yet: connection → handle → owner.
         self._untold: dict[int, dict[bytes, str]] = {}
         # draining: jobs sent to their new owners, by request id, until answered.
-        self._handoffs: dict[int, tuple[Job, str]] = {}
-        self._handoff_holder = _Holder()
-        self._handoffs_done: asyncio.Event | None = None
+        self.handoff = Handoff(node_id, manager, links, counters, self._next_rid)
         # owner side: sleeping workers per function per node (as advertised,
         # less what we pushed since), and functions with work to push.
         self._supply: dict[bytes, dict[str, int]] = {}
@@ -287,10 +254,13 @@ class Router:
 
     # ------------------------------------------------------------------ entry side
 
+    def _next_rid(self) -> int:
+        self._rid += 1
+        return self._rid
+
     def _request(self, s: Session, owner: str, kind: int, frame: list[Any],
                  arg: bytes = b"") -> bool:
-        self._rid += 1
-        rid = self._rid
+        rid = self._next_rid()
         frame[1] = rid
         if not self.links.send(owner, frame):
             return False
@@ -401,17 +371,14 @@ class Router:
         self._listening.pop(s.id, None)
 
     def _on_reply(self, rid: int, data: bytes) -> None:
-        if self._handoffs:
-            handoff = self._handoffs.pop(rid, None)
-            if handoff is not None:
-                self._handoff_answered(handoff[0], data)
-                return
+        if self.handoff.answered(rid, data):
+            return
         p = self._pending.pop(rid, None)
         if p is None:
             return
         s = p.session
         s.fill(p.slot, data)
-        ptype = _ptype(data)
+        ptype = packet_type(data)
         if p.kind == K_SUBMIT_FG and ptype == P.JOB_CREATED and not s.closed:
             self._listening.setdefault(s.id, {})[data[12:]] = p.owner
 
@@ -419,7 +386,7 @@ class Router:
         s = self.m.sessions.get(conn)
         if s is None:
             return
-        if _ptype(data) in _FINAL_TYPES:
+        if packet_type(data) in _FINAL_TYPES:
             waiting = self._listening.get(conn)
             if waiting:
                 waiting.pop(_handle_of(data), None)
@@ -719,90 +686,13 @@ class Router:
     # ------------------------------------------------------------------ draining
 
     def hand_off(self) -> int:
-        """Send each queued or delayed background job whose key another node
-        owns under the current map to that node, as an ordinary background
-        submit: all of them when this node is draining (no longer active),
-        those of moved partitions after a ring change. A job leaves this
-        node (and its store) only once the new owner has answered
-        JOB_CREATED, after its own commit, so it is never in neither place;
-        if that answer is lost it is in both, and may run twice. Returns how
-        many were sent."""
-        pmap = self.map
-        if pmap is None or not pmap.active:
-            return 0
-        draining = self.node_id not in pmap.active
-        targets: dict[int, str] = {}
-
-        def want(job: Job) -> bool:
-            # Foreground jobs have clients waiting on this node's job; reduce
-            # jobs are rare: both stay and run here as before.
-            if not job.bg or job.listeners or job.reducer:
-                return False
-            key = job.payload if job.unique == b"-" else job.unique
-            if key:
-                target = pmap.owner_of_key(key)
-            elif draining:
-                self._rotate += 1  # no key: any other node will do; spread them
-                target = pmap.active[self._rotate % len(pmap.active)]
-            else:
-                return False  # no key: it belongs where it was submitted
-            if target is None or target == self.node_id:
-                return False
-            targets[job.id] = target
-            return True
-
-        taken = self.m.take_matching(self._handoff_holder, want)
-        refused = [job for job in taken if not self._send_handoff(job, targets[job.id])]
-        for job in reversed(refused):  # back to the head, in their order
-            self.m.unassign(job)
-        return len(taken) - len(refused)
-
-    def _send_handoff(self, job: Job, target: str) -> bool:
-        if job.when:
-            ptype = P.SUBMIT_JOB_EPOCH
-            args = [job.fn.name, job.unique, str(job.when).encode(), job.payload]
-        else:
-            ptype = _BG_SUBMIT[job.priority]
-            args = [job.fn.name, job.unique, job.payload]
-        self._rid += 1
-        rid = self._rid
-        if not self.links.send(target, [REQ, rid, HANDOFF_CONN, False, ptype, args]):
-            return False
-        self._handoffs[rid] = (job, target)
-        return True
-
-    def _handoff_answered(self, job: Job, data: bytes) -> None:
-        if _ptype(data) == P.JOB_CREATED:
-            self.m.handed_off(job)
-            self.counters.handed_off += 1
-        else:
-            if data:
-                log.warning("handing job %d over was refused: %r; it stays here", job.id,
-                            data[12:].replace(b"\0", b" "))
-            self.m.unassign(job)
-        if not self._handoffs and self._handoffs_done is not None:
-            self._handoffs_done.set()
+        """Hand the queued background jobs whose key moved to its new owner
+        (cluster/handoff.py); how many were sent."""
+        return self.handoff.start(self.map)
 
     async def hand_off_all(self, timeout: float) -> tuple[int, int]:
-        """hand_off until nothing is left to send or the time is up (submits
-        routed here under the previous map may still arrive for a moment).
-        Returns (jobs handed over, background jobs still here)."""
-        loop = self._loop
-        deadline = loop.time() + timeout
-        for _ in range(3):
-            if not self.hand_off():
-                break
-            self._handoffs_done = asyncio.Event()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._handoffs_done.wait()
-            except TimeoutError:
-                break
-            finally:
-                self._handoffs_done = None
-        moved = self.counters.handed_off
-        left = sum(1 for j in self.m.jobs.values() if j.bg)
-        return moved, left
+        """Drain: (jobs handed over, background jobs still here)."""
+        return await self.handoff.drain(lambda: self.map, timeout)
 
     # ------------------------------------------------------------------ failures
 
@@ -825,9 +715,7 @@ class Router:
                 del waiting[h]
                 if s is not None:
                     s.send(P.packet(P.WORK_FAIL, h))
-        for rid in [r for r, (_, target) in self._handoffs.items() if target == node_id]:
-            job, _ = self._handoffs.pop(rid)
-            self._handoff_answered(job, b"")
+        self.handoff.node_lost(node_id)
         for conn, untold in list(self._untold.items()):
             for handle in [h for h, o in untold.items() if o == node_id]:
                 del untold[handle]
