@@ -47,6 +47,7 @@ class ClusterExtension:
         self.membership: Membership | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self._out_of_map = asyncio.Event()  # set once a map lists us as not active
+        self._drained = False
 
     def _peer_down(self, node_id: str) -> None:
         log.warning("link to node %s is down", node_id)
@@ -112,12 +113,21 @@ class ClusterExtension:
             log.warning("drain: the partition map still lists this node as active; "
                         "its queued jobs stay in its store")
             return
+        self._drained = True
         moved, left = await self.router.hand_off_all(self.cfg.grace)
         log.warning("drain: %d queued background job(s) handed to their new owners; "
                     "%d background job(s) still here (running, or kept in the store)",
                     moved, left)
 
     async def stop(self) -> None:
+        if self._drained:
+            # Submits forwarded here before the peers' maps changed, and the
+            # jobs of workers whose connections the node has just closed
+            # (their connection_lost runs on the next loop iteration).
+            await asyncio.sleep(0)
+            moved, _ = await self.router.hand_off_all(2.0)
+            if moved:
+                log.warning("drain: %d job(s) handed over in total", moved)
         if self._metrics_task is not None:
             self._metrics_task.cancel()
         self.router.close()

@@ -944,3 +944,88 @@ def test_queued_background_jobs_move_to_a_node_that_joins(
     assert ledger.wait_assigned(len(items), 30), len(ledger)
     wait_cluster_idle([*core(cluster), n9], func)
     assert ledger.runs() == Counter({p.encode(): 1 for _, p in items})
+
+
+def burst_around(nodes: Sequence[ClusterNode], func: str, change: Callable[[], None],
+                 before: int = 3000, after: int = 3000) -> list[bytes]:
+    """Pipeline background submits through ``nodes`` (one thread each, 50 in
+    flight) and call ``change`` once ``before`` were acknowledged; stop
+    ``after`` acknowledgements later. Returns the acknowledged payloads (the
+    unique is the payload)."""
+    acked: list[bytes] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def submit_from(n: ClusterNode) -> None:
+        i = 0
+        with RawClient(n.host_port, timeout=20) as c:
+            while not stop.is_set():
+                batch = [f"{func}-{n.node_id}-{i + k}" for k in range(50)]
+                c.send_raw(b"".join(pack(T.SUBMIT_JOB_BG, join(func, p, p)) for p in batch))
+                for p in batch:
+                    if c.recv().ptype == T.JOB_CREATED:
+                        with lock:
+                            acked.append(p.encode())
+                i += 50
+
+    threads = [threading.Thread(target=submit_from, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(acked) >= before, 30, what=f"{before} acknowledged submits")
+        change()
+        done = len(acked)
+        wait_until(lambda: len(acked) >= done + after, 30, what=f"{after} more")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    return acked
+
+
+def run_each_once(cluster: Cluster, workers: Callable[..., ReverseWorker], func: str,
+                  acked: list[bytes], nodes: Sequence[ClusterNode]) -> None:
+    ledger = Ledger()
+    start_reverse_workers(workers, [node(cluster, "n1"), node(cluster, "n2")], func, ledger)
+    assert ledger.wait_assigned(len(acked), 60), (len(ledger), len(acked))
+    wait_cluster_idle(nodes, func, timeout=30)
+    runs = ledger.runs()
+    assert {p for p in acked if runs[p] != 1} == set(), "acknowledged jobs not run exactly once"
+    assert max(runs.values()) == 1, "a job ran twice"
+
+
+@pytest.mark.timeout(120)
+def test_scale_in_during_a_background_burst_loses_and_repeats_nothing(
+    cluster: Cluster, extra: Callable[..., ClusterNode], workers: Callable[..., ReverseWorker]
+) -> None:
+    """Submitters keep pipelining background jobs through the core nodes
+    (a quarter of them owned by n10) while n10 is stopped with SIGTERM."""
+    before = cluster.wait_converged(CORE)
+    n10 = extra("n10")
+    cluster.wait_converged([*CORE, "n10"], after=before)
+
+    def scale_in() -> None:
+        n10.send_signal(signal.SIGTERM)
+        wait_until(lambda: not n10.running, 20, what="n10 to exit after SIGTERM")
+
+    acked = burst_around(core(cluster), "scalein", scale_in)
+    assert n10.stop() == 0
+    assert "handed to their new owners" in n10.log_text()
+    run_each_once(cluster, workers, "scalein", acked, core(cluster))
+
+
+@pytest.mark.timeout(120)
+def test_scale_out_during_a_background_burst_loses_and_repeats_nothing(
+    cluster: Cluster, extra: Callable[..., ClusterNode], workers: Callable[..., ReverseWorker]
+) -> None:
+    """The same while n11 joins and starts owning a quarter of the keys."""
+    before = cluster.wait_converged(CORE)
+    joined: list[ClusterNode] = []
+
+    def scale_out() -> None:
+        joined.append(extra("n11"))
+        cluster.wait_converged([*CORE, "n11"], after=before)
+
+    acked = burst_around(core(cluster), "scaleout", scale_out)
+    assert _counter(joined[0], "gearmesh_submitted_total") > 0  # it did become an owner
+    run_each_once(cluster, workers, "scaleout", acked, [*core(cluster), *joined])
