@@ -204,12 +204,15 @@ class Node:
         if self._server is not None:
             self._server.close()
         if graceful:
+            # One budget for the whole drain (handing work over, then waiting
+            # for running jobs), so a pod's terminationGracePeriodSeconds
+            # computed from --grace is never overrun.
+            deadline = self.loop.time() + self.config.grace
             for ext in self.extensions:
                 try:
                     await ext.drain()
                 except Exception:
                     log.exception("drain failed")
-            deadline = self.loop.time() + self.config.grace
             while self._running_jobs() and self.loop.time() < deadline:
                 await asyncio.sleep(0.05)
             left = self._running_jobs()
