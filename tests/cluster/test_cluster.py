@@ -17,6 +17,7 @@ client processes, admin ``status`` and etcd polls with deadlines.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import subprocess
@@ -1029,3 +1030,54 @@ def test_scale_out_during_a_background_burst_loses_and_repeats_nothing(
     acked = burst_around(core(cluster), "scaleout", scale_out)
     assert _counter(joined[0], "gearmesh_submitted_total") > 0  # it did become an owner
     run_each_once(cluster, workers, "scaleout", acked, [*core(cluster), *joined])
+
+
+@pytest.mark.timeout(120)
+def test_jobs_complete_once_while_workers_come_and_go_on_every_node(
+    cluster: Cluster, workers: Callable[..., ReverseWorker]
+) -> None:
+    """Clients on every node pipeline foreground jobs while workers keep
+    leaving and joining on random nodes (one replaced every 25 jobs): every
+    client gets every result, and every job ran exactly once."""
+    func = "churn.fn"
+    ledger = Ledger()
+    nodes = core(cluster)
+    current = start_reverse_workers(workers, nodes, func, ledger, per_node=2)
+    pushed_before = sum(_counter(n, "gearmesh_pushed_total") for n in nodes)
+    per_client = 300
+    results: dict[str, dict[str, tuple[bytes, bytes]]] = {}
+    errors: list[BaseException] = []
+
+    def client(n: ClusterNode) -> None:
+        items = [(f"churn-{n.node_id}-{i}", f"churn:{n.node_id}:{i}") for i in range(per_client)]
+        try:
+            results[n.node_id] = run_jobs(n, func, items, timeout=90)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    rng = random.Random(7)
+    replaced = 0
+    total = per_client * len(nodes)
+    while any(t.is_alive() for t in threads) and len(ledger) < total:
+        if not ledger.wait_assigned(min(total, (replaced + 1) * 25), 30):
+            break
+        leaving = current.pop(rng.randrange(len(current)))
+        leaving.stop()
+        current.append(workers(rng.choice(nodes), func, ledger))
+        replaced += 1
+    for t in threads:
+        t.join(90)
+    assert not errors, errors
+    assert replaced >= 10, replaced
+    for n in nodes:
+        for u, (_, result) in results[n.node_id].items():
+            i = u.rsplit("-", 1)[1]
+            assert result == f"churn:{n.node_id}:{i}"[::-1].encode()
+    expected = {f"churn:{n.node_id}:{i}".encode() for n in nodes for i in range(per_client)}
+    assert ledger.runs() == Counter({p: 1 for p in expected})
+    # Owners ran out of local workers and pushed jobs to other nodes' workers.
+    wait_until(lambda: sum(_counter(n, "gearmesh_pushed_total") for n in nodes) > pushed_before,
+               5, what="the pushed counters to show pushes")
