@@ -744,15 +744,7 @@ class Router:
         return P.error_packet(b"QUEUE_ERROR", f"owner node {p.owner} is unreachable".encode())
 
     def close(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
-        if self._late is not None:
-            self._late.cancel()
-            self._late = None
-        if self._refresh is not None:
-            self._refresh.cancel()
-            self._refresh = None
-        if self._short is not None:
-            self._short.cancel()
-            self._short = None
+        for timer in (self._tick, self._late, self._refresh, self._short):
+            if timer is not None:
+                timer.cancel()
+        self._tick = self._late = self._refresh = self._short = None

@@ -349,8 +349,7 @@ class JobManager:
             job.state = PENDING
             fn.pending += 1
             job.waiters = [(s, s.reserve())]
-            job.stored = True
-            self.store.add(job, self._committed)
+            self._store(job)
         else:
             s.send(P.packet(P.JOB_CREATED, self.prefix + str(jid).encode()))
             self._make_runnable(job)

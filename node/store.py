@@ -20,6 +20,7 @@ are) and passes it back to ``done``: nothing is built per job on the event loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -136,12 +137,25 @@ def _chunks(n: int, block: int) -> Iterator[tuple[int, int, int]]:
         yield start, rows, _padded(rows)
 
 
+@functools.cache
 def _insert_sql(rows: int) -> str:
     return "INSERT OR REPLACE INTO jobs (id, rec) VALUES " + ",".join(["(?,?)"] * rows)
 
 
+@functools.cache
 def _delete_sql(rows: int) -> str:
     return "DELETE FROM jobs WHERE id IN (" + ",".join(["?"] * rows) + ")"
+
+
+def _statements(sql_for: Callable[[int], str], values: list[int | bytes], width: int,
+                block: int) -> Iterator[tuple[str, list[int | bytes]]]:
+    """``values`` (``width`` per row) as statements of at most ``block`` rows,
+    the last padded by repeating its last row: inserting or deleting a row
+    twice in one statement is the same as once."""
+    for start, rows, size in _chunks(len(values) // width, block):
+        args = values[width * start:width * (start + rows)]
+        args += args[-width:] * (size - rows)
+        yield sql_for(size), args
 
 
 class CommitStats(NamedTuple):
@@ -303,8 +317,6 @@ class SqliteStore:
         conn = self._connect()
         pack = msgpack.Packer(use_bin_type=True).pack
         block = min(_BLOCK, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 2)
-        insert_sql: dict[int, str] = {}
-        delete_sql: dict[int, str] = {}
         high = self._next_id  # above every id ever added
         # What the meta row promises durably. Until a job is deleted its row is
         # its own record of the id, so only transactions that delete write meta.
@@ -330,20 +342,11 @@ class SqliteStore:
                     for r, _ in adds:
                         params += (r.id, pack([r.function, r.unique, r.priority, r.payload, r.when,
                                                r.reducer]))
-                    for start, rows, size in _chunks(len(adds), block):
-                        args = params[2 * start:2 * (start + rows)]
-                        # Padding repeats the last row: replacing a row by itself is a no-op.
-                        args += args[-2:] * (size - rows)
-                        sql = insert_sql.get(size) or insert_sql.setdefault(size, _insert_sql(size))
-                        statements.append((sql, args))
+                    statements += _statements(_insert_sql, params, 2, block)
                     # Not the last add: a foreground job made background carries an older id.
                     high = max(high, max(r.id for r, _ in adds) + 1)
                 if removes:
-                    for start, rows, size in _chunks(len(removes), block):
-                        ids: list[int | bytes] = list(removes[start:start + rows])
-                        ids += ids[-1:] * (size - rows)
-                        sql = delete_sql.get(size) or delete_sql.setdefault(size, _delete_sql(size))
-                        statements.append((sql, ids))
+                    statements += _statements(_delete_sql, list(removes), 1, block)
                     if high > meta:
                         statements.append(
                             ("INSERT OR REPLACE INTO meta (k, v) VALUES ('next_id', ?)", [high]))

@@ -27,7 +27,8 @@ from tests.support.peernet import (
 pytestmark = pytest.mark.timeout(30)
 
 
-async def one_job_for_a_sleeper(ptype: int = P.SUBMIT_JOB, timeout: int = 0
+async def one_job_for_a_sleeper(ptype: int = P.SUBMIT_JOB, timeout: int = 0,
+                                payload: bytes = b"data"
                                 ) -> tuple[Net, dict[str, Node], Conn, Conn, bytes]:
     """n1 owns a job and n2's only worker sleeps: (net, nodes, worker, client,
     handle) once n1's push has reached n2."""
@@ -35,22 +36,16 @@ async def one_job_for_a_sleeper(ptype: int = P.SUBMIT_JOB, timeout: int = 0
     w = n["n2"].worker(b"f", timeout=timeout)
     await sleep_worker(net, w)
     c = n["n1"].conn()
-    c.send(ptype, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
-    [(_, handle)] = c.recv()
+    c.send(ptype, b"f", unique_owned_by("n1", ("n1", "n2")), payload)
+    [(created, handle)] = c.recv()
+    assert created == P.JOB_CREATED and handle.startswith(b"H:n1:")
     await net.settle()
     return net, n, w, c, handle
 
 
 @in_loop
 async def test_job_is_pushed_to_the_sleeping_worker_and_its_result_comes_back() -> None:
-    net, n = await cluster("n1", "n2")
-    w = n["n2"].worker(b"f")
-    await sleep_worker(net, w)
-    c = n["n1"].conn()
-    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
-    [(ptype, handle)] = c.recv()
-    assert ptype == P.JOB_CREATED and handle.startswith(b"H:n1:")
-    await net.settle()
+    net, n, w, c, handle = await one_job_for_a_sleeper()
 
     assert w.recv() == [(P.NOOP, b"")]
     w.send(P.GRAB_JOB)
@@ -69,12 +64,7 @@ async def test_job_is_pushed_to_the_sleeping_worker_and_its_result_comes_back() 
 
 @in_loop
 async def test_pushed_job_goes_before_local_work() -> None:
-    net, n = await cluster("n1", "n2")
-    w = n["n2"].worker(b"f")
-    await sleep_worker(net, w)
-    c1 = n["n1"].conn()
-    c1.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"remote")
-    await net.settle()
+    _, n, w, _, _ = await one_job_for_a_sleeper(payload=b"remote")
     c2 = n["n2"].conn()
     c2.send(P.SUBMIT_JOB, b"f", unique_owned_by("n2", ("n1", "n2")), b"local")
     w.recv()
