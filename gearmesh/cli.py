@@ -14,11 +14,15 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from node.config import ConfigError, NodeConfig, add_serve_arguments, config_from_args
 from node.store import StoreError
+
+if TYPE_CHECKING:
+    from node.acl import ACL
 
 log = logging.getLogger("gearmesh")
 
@@ -128,10 +132,12 @@ def _startup_error(cfg: NodeConfig, message: str) -> int:
     return 2
 
 
-async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
+async def _serve(cfg: NodeConfig, ready_fd: int | None,
+                 security: tuple[ssl.SSLContext | None, ACL | None] = (None, None)) -> int:
     from node.server import Node, drop_privileges
 
     node = Node(cfg)
+    node.tls, node.acl = security
     if cfg.etcd:
         # Attached (not started) now, so /readyz waits for the cluster join.
         from cluster.attach import attach_cluster
@@ -157,7 +163,9 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
     try:
         await node.listen()
     except OSError as e:
-        return _startup_error(cfg, f"cannot listen on {cfg.listen}:{cfg.port}: {e.strerror or e}")
+        where = (f"127.0.0.1:{cfg.admin_port} (--admin-port)" if node.port_open()
+                 else f"{cfg.listen}:{cfg.port}")
+        return _startup_error(cfg, f"cannot listen on {where}: {e.strerror or e}")
     if cfg.pid_file:
         # Before dropping privileges, as gearmand does: /var/run is root's.
         try:
@@ -197,6 +205,29 @@ def _chown_tree(path: os.PathLike[str] | str, user: str) -> None:
             os.chown(name, pw.pw_uid, pw.pw_gid)
 
 
+def load_security(cfg: NodeConfig) -> tuple[ssl.SSLContext | None, ACL | None]:
+    """The Gearman port's TLS context and the ACL, checked before anything
+    starts (one-line error, exit 2: never fall back to plaintext)."""
+    from node.acl import ACLError, load_acl
+    from node.tls import TLSError, TLSFiles, gearmand_env_override, server_context
+    if not cfg.ssl:
+        for flag, value in (("--ssl-certificate", cfg.ssl_certificate),
+                            ("--ssl-key", cfg.ssl_key), ("--ssl-ca-file", cfg.ssl_ca_file),
+                            ("--ssl-verify-client", cfg.ssl_verify_client),
+                            ("--acl-file", cfg.acl_file)):
+            if value:
+                fail(f"{flag} needs --ssl (the port would be plaintext)")
+        return None, None
+    files = gearmand_env_override(TLSFiles(cfg.ssl_ca_file, cfg.ssl_certificate, cfg.ssl_key))
+    try:
+        ctx = server_context(files, verify_client=cfg.ssl_verify_client,
+                             want_client_cert=cfg.acl_file is not None)
+        acl = load_acl(cfg.acl_file) if cfg.acl_file is not None else None
+    except (TLSError, ACLError) as e:
+        fail(str(e))
+    return ctx, acl
+
+
 def serve(ns: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(ns)
@@ -207,6 +238,7 @@ def serve(ns: argparse.Namespace) -> int:
     if cfg.etcd and cfg.job_handle_prefix:
         fail("--job-handle-prefix cannot be used with --etcd: in a cluster a handle "
              "must name its node (H:<node-id>)")
+    security = load_security(cfg)
     if cfg.pid_file:
         cfg.pid_file = os.path.abspath(cfg.pid_file)
     if cfg.log_file not in ("stderr", "none"):
@@ -223,9 +255,9 @@ def serve(ns: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0005)
     try:
         import uvloop
-        rc = uvloop.run(_serve(cfg, ready_fd))
+        rc = uvloop.run(_serve(cfg, ready_fd, security))
     except ImportError:
-        rc = asyncio.run(_serve(cfg, ready_fd))
+        rc = asyncio.run(_serve(cfg, ready_fd, security))
     # The loop's signal handlers are gone; a second SIGTERM from an impatient
     # supervisor must not turn a clean exit into "killed by signal".
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

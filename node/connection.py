@@ -14,6 +14,7 @@ import socket
 from typing import TYPE_CHECKING, cast
 
 from node import protocol as P
+from node.guard import Guard
 from node.session import Session
 
 if TYPE_CHECKING:
@@ -23,11 +24,14 @@ log = logging.getLogger("gearmesh.connection")
 
 
 class GearmanConnection(asyncio.Protocol):
-    __slots__ = ("_decoder", "_flush_scheduled", "_node", "_out", "_paused", "_transport",
-                 "session")
+    __slots__ = ("_admin_only", "_decoder", "_flush_scheduled", "_node", "_out", "_paused",
+                 "_transport", "guard", "session")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, admin_only: bool = False) -> None:
         self._node = node
+        self._admin_only = admin_only
+        # Consulted before any request is handled; None when nothing is checked.
+        self.guard: Guard | None = None
         self._decoder = P.Decoder(node.config.max_packet)
         self._transport: asyncio.Transport | None = None
         self._paused = False
@@ -60,6 +64,7 @@ class GearmanConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=max(65536, high // 16))
         self.session = Session(node.new_session_id(), self._write, ip, fd)
         self.session.flush = self._flush
+        self.guard = node.guard_for(transport, self._admin_only)
         node.manager.attach(self.session)
 
     def _write(self, data: bytes) -> None:
@@ -90,9 +95,16 @@ class GearmanConnection(asyncio.Protocol):
         if s is None:
             return
         handlers = self._node.manager.handlers
+        guard = self.guard
         for ev in self._decoder.feed(data):
             ptype = ev[0]
             if ptype > 0:
+                if guard is not None:
+                    refusal = guard.packet(ptype, ev[1])
+                    if refusal is not None:
+                        if refusal:
+                            s.send(refusal)
+                        continue
                 try:
                     handlers[ptype](s, ev[1])
                 except Exception:
@@ -100,7 +112,9 @@ class GearmanConnection(asyncio.Protocol):
                     log.exception("error handling packet type %d from %s", ptype, s.peer)
                     s.send(P.error_packet(b"SERVER_ERROR", b"Internal error"))
             elif ptype == P.TEXT:
-                reply = self._node.admin.handle(s, ev[1])
+                reply = guard.admin(ev[1]) if guard is not None else None
+                if reply is None:
+                    reply = self._node.admin.handle(s, ev[1])
                 if reply is None:
                     self._close()
                     return
