@@ -19,7 +19,8 @@ Dispatch across nodes (work-conserving, one job per sleeping worker):
   them, one per advertised sleeper, spreading over the nodes that have some;
   it counts a pushed job as running, held for that node (a proxy with
   connection 0);
-* the worker node NOOPs one sleeper per pushed job and keeps the job; a
+* the worker node NOOPs one sleeper per pushed job and keeps the job (the
+  next sleeper too if that one does not GRAB within node.wakeup.WAKE_GRACE); a
   worker's GRAB takes a pushed job before local work and the node tells the
   owner which connection took it (``taken``), so its results, timeout and
   disconnection apply as for any remote worker;
