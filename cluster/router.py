@@ -19,7 +19,8 @@ Dispatch across nodes (work-conserving, one job per sleeping worker):
   them, one per advertised sleeper, spreading over the nodes that have some;
   it counts a pushed job as running, held for that node (a proxy with
   connection 0);
-* the worker node NOOPs one sleeper per pushed job and keeps the job; a
+* the worker node NOOPs one sleeper per pushed job and keeps the job (the
+  next sleeper too if that one does not GRAB within node.wakeup.WAKE_GRACE); a
   worker's GRAB takes a pushed job before local work and the node tells the
   owner which connection took it (``taken``), so its results, timeout and
   disconnection apply as for any remote worker;
@@ -59,6 +60,7 @@ from node import protocol as P
 from node.jobs import Function, JobManager, assignment_packet
 from node.session import Session, Slot
 from node.stats import Counters
+from node.wakeup import WakeTracker
 
 log = logging.getLogger("gearmesh.cluster")
 
@@ -203,6 +205,10 @@ class Router:
         self._loop = asyncio.get_running_loop()
         self._tick: asyncio.TimerHandle | None = None
         self._handle_prefix = b"H:"
+        # Wake policy hook (node/wakeup.py): a sleeper woken for a pushed job
+        # that does not GRAB in time may be busy on another node; wake the next.
+        self._push_wakes: WakeTracker[Session, bytes] = WakeTracker(
+            self._loop, self._push_wake_expired)
 
     # ------------------------------------------------------------------ map
 
@@ -316,6 +322,7 @@ class Router:
                              unique)
 
     def grab(self, s: Session, kind: int) -> bool:
+        self._push_wakes.answered(s)
         pushed = self._pushed
         if not pushed or isinstance(s, RemoteSession):
             return False
@@ -359,6 +366,7 @@ class Router:
     def detached(self, s: Session) -> None:
         if isinstance(s, RemoteSession):
             return
+        self._push_wakes.answered(s)
         untold = self._untold.pop(s.id, None)
         if untold:
             # Before "gone", so the owner requeues these jobs too.
@@ -603,8 +611,9 @@ class Router:
         # awake workers.
         if fn is None:
             hold = 0.0
-        elif self.m.wake_sleepers(name, 1):
+        elif woken := self.m.wake_sleepers(name, 1):
             hold = PUSH_HOLD
+            self._push_wakes.sent(woken[0], name)
         elif (len(q) if q else 0) < fn.workers - len(fn.sleepers):
             hold = PUSH_HOLD_AWAKE
             if self._short is None:
@@ -618,6 +627,18 @@ class Router:
                     bytes(payload), time.monotonic() + hold)
         self._pushed.setdefault(name, deque()).append(p)
         self._arm_tick()
+
+    def _push_wake_expired(self, s: Session, name: bytes) -> None:
+        """Wake policy hook: the sleeper woken for a pushed job did not GRAB
+        in time; if a pushed job still waits, wake the next sleeper and give
+        the job the time that one needs."""
+        q = self._pushed.get(name)
+        if not q:
+            return
+        woken = self.m.wake_sleepers(name, 1)
+        if woken:
+            self._push_wakes.sent(woken[0], name)
+            q[0].until = max(q[0].until, time.monotonic() + 2 * self._push_wakes.grace)
 
     def _expire_pushed(self) -> None:
         """Pushed jobs no worker took in time go back to their owner."""
@@ -744,6 +765,7 @@ class Router:
         return P.error_packet(b"QUEUE_ERROR", f"owner node {p.owner} is unreachable".encode())
 
     def close(self) -> None:
+        self._push_wakes.close()
         for timer in (self._tick, self._late, self._refresh, self._short):
             if timer is not None:
                 timer.cancel()

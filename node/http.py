@@ -25,6 +25,7 @@ _COUNTERS = (
     ("rejected", "submits refused (queue full, store failure, bad unique)"),
     ("forwarded", "submits forwarded to the owner node"),
     ("pushed", "jobs pushed to a sleeping worker on another node"),
+    ("noops_sent", "NOOPs sent to wake sleeping workers"),
     ("handed_off", "queued jobs handed to their new owner while draining"),
     ("connections_accepted", "connections accepted"),
     ("connections_refused", "connections refused by --max-connections"),

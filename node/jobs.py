@@ -23,6 +23,7 @@ from node.seam import Cluster
 from node.session import Session, Slot
 from node.stats import Counters, FunctionStat
 from node.store import MemoryStore, Store, StoredJob
+from node.wakeup import WakeTracker
 
 log = logging.getLogger("gearmesh.jobs")
 
@@ -187,6 +188,9 @@ class JobManager:
         self.on_idle: Callable[[], None] | None = None  # called when the last job leaves
         self.cluster: Cluster | None = None  # set by the cluster layer; None = standalone
         self._cancelled: set[int] = set()  # running jobs cancelled, until their worker is done
+        # Wake policy hook (node/wakeup.py): a counted NOOP not answered by a
+        # GRAB in time counts as not sent, and the next sleeper is woken.
+        self.wakes: WakeTracker[Session, None] = WakeTracker(clock, self._wake_expired)
         handlers: list[Callable[[Session, tuple[bytes, ...]], None]] = [self._invalid] * 43
         for ptype, (prio, bg) in _SUBMITS.items():
             handlers[ptype] = self._routed(ptype, self._submit_handler(prio, bg))
@@ -556,7 +560,24 @@ class JobManager:
             for fn in woken:
                 fn.waking += 1
             s.woken = woken
+            self.wakes.sent(s, None)
+        self.counters.noops_sent += 1
         s.send(P.NOOP_PACKET)
+
+    def _wake_expired(self, s: Session, _: None) -> None:
+        """Wake policy hook: its NOOP led to no GRAB in time (the process may be
+        busy with another server's job), so the jobs it was woken for stop
+        counting on it. It keeps noop_sent (its NOOP is still on the way), so
+        it is never NOOPed twice; its GRAB, when it comes, is served as usual."""
+        woken = s.woken
+        if woken is None:
+            return
+        for fn in woken:
+            fn.waking -= 1
+        s.woken = None
+        for fn in woken:
+            if fn.queued > fn.waking:
+                self._ensure_awake(fn)
 
     def _unwake(self, s: Session) -> list[Function] | None:
         woken = s.woken
@@ -564,6 +585,7 @@ class JobManager:
             for fn in woken:
                 fn.waking -= 1
             s.woken = None
+            self.wakes.answered(s)
         s.noop_sent = False
         return woken
 

@@ -19,6 +19,7 @@ class Counters:
     rejected: int = 0  # QUEUE_ERROR and other refused submits
     forwarded: int = 0  # submits sent to another node (cluster)
     pushed: int = 0  # jobs this owner handed to another node's sleeping worker
+    noops_sent: int = 0  # NOOPs sent to sleeping workers (the wake policy's herd)
     handed_off: int = 0  # queued jobs moved to their new owner while draining
     connections_accepted: int = 0
     connections_refused: int = 0
