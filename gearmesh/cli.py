@@ -135,7 +135,12 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
     if cfg.etcd:
         # Attached (not started) now, so /readyz waits for the cluster join.
         from cluster.attach import attach_cluster
-        node.extensions.append(attach_cluster(node, cfg))
+        from cluster.views import ClusterViews
+        ext = attach_cluster(node, cfg)
+        node.extensions.append(ext)
+        # The HTTP API's view of the other nodes (node/ cannot import cluster/).
+        node.cluster_views = ClusterViews(cfg.effective_node_id, lambda: ext.membership,
+                                          ext.links)
     try:
         node.open_store()
     except StoreError as e:
