@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -185,7 +186,7 @@ class ClusterStatus:
         parts = [api.jobs_view(self.node, function, limit)]
         views = self.node.cluster_views
         if views is not None:
-            path = f"/api/node/functions/{_quote(function)}/jobs?limit={limit}"
+            path = f"/api/node/functions/{quote(function, safe='')}/jobs?limit={limit}"
 
             async def one(m: api.Member) -> dict[str, Any]:
                 if m.state == "gone" or not m.http:
@@ -198,11 +199,6 @@ class ClusterStatus:
 
             parts += await asyncio.gather(*(one(m) for m in views.members()))
         return api.merge_jobs(function, parts, limit)
-
-
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-    return quote(name, safe="")
 
 
 def make_app(node: api.APINode) -> web.Application:

@@ -5,7 +5,7 @@
 "use strict";
 
 const POLL_MS = 2000;
-const csrf = document.querySelector('meta[name="csrf-token"]').content;
+let csrf = document.querySelector('meta[name="csrf-token"]').content;
 const actions = document.querySelector('meta[name="actions"]').content === "on";
 let openFn = null;
 let lastOk = 0;
@@ -157,9 +157,15 @@ async function refreshJobs() {
 async function cancelJob(handle) {
   const msg = document.getElementById("jobs-msg");
   msg.textContent = "";
-  const r = await fetch("/api/jobs/cancel", {
+  const post = () => fetch("/api/jobs/cancel", {
     method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
     body: JSON.stringify({ handle }) });
+  let r = await post();
+  if (r.status === 403) {
+    // The node restarted since the page loaded: its token changed.
+    const t = await fetch("/api/csrf").then((x) => x.json()).catch(() => null);
+    if (t && t.token !== csrf) { csrf = t.token; r = await post(); }
+  }
   const data = await r.json().catch(() => ({}));
   if (!r.ok || !data.cancelled) msg.textContent = `cancel ${handle}: ${data.error || r.status}`;
   await Promise.all([refreshJobs(), poll()]);
