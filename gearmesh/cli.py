@@ -50,13 +50,13 @@ def build_parser() -> Parser:
                        description="Load-test any Gearman server or cluster.")
     if hasattr(bench, "add_arguments"):
         bench.add_arguments(b)
+    from gearmesh.status import add_source_arguments
     st = sub.add_parser("status", help="cluster-wide view: functions, nodes, workers")
-    st.add_argument("--etcd", default=os.environ.get("GEARMESH_ETCD"),
-                    help="etcd endpoints (or GEARMESH_ETCD)")
-    st.add_argument("--etcd-prefix", default=os.environ.get("GEARMESH_ETCD_PREFIX", "/gearmesh"))
-    st.add_argument("--servers", default=None,
-                    help="host:port list to ask instead of etcd (per-node admin status)")
-    st.add_argument("--json", action="store_true")
+    add_source_arguments(st)
+    st.add_argument("--json", action="store_true", help="the /api/status JSON")
+    top = sub.add_parser("top", help="live cluster view in the terminal (q quits)")
+    add_source_arguments(top)
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     return p
 
 
@@ -135,7 +135,12 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
     if cfg.etcd:
         # Attached (not started) now, so /readyz waits for the cluster join.
         from cluster.attach import attach_cluster
-        node.extensions.append(attach_cluster(node, cfg))
+        from cluster.views import ClusterViews
+        ext = attach_cluster(node, cfg)
+        node.extensions.append(ext)
+        # The HTTP API's view of the other nodes (node/ cannot import cluster/).
+        node.cluster_views = ClusterViews(cfg.effective_node_id, lambda: ext.membership,
+                                          ext.links)
     try:
         node.open_store()
     except StoreError as e:
@@ -243,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "status":
         from gearmesh.status import run_status
         return run_status(ns)
+    if ns.command == "top":
+        from gearmesh.top import run_top
+        return run_top(ns)
     return 2
 
 

@@ -43,6 +43,7 @@ class NodeConfig:
     grace: float = 30.0
     http_port: int = 4732
     http_listen: str | None = None
+    http_actions: str = "on"  # the dashboard's cancel button (POST /api/jobs/cancel)
     etcd: str | None = None
     etcd_prefix: str = "/gearmesh"
     node_id: str | None = None
@@ -166,6 +167,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--http-port", type=_port, default=d.http_port,
                    help="/healthz /readyz /metrics port; 0 disables (4732)")
     h.add_argument("--http-listen", default=None, help="address for HTTP (--listen)")
+    h.add_argument("--http-actions", choices=("on", "off"), default=d.http_actions,
+                   help="allow cancelling queued jobs from the dashboard/API (on)")
     c = p.add_argument_group("cluster")
     c.add_argument("--etcd", default=None, help="etcd endpoints, comma-separated")
     c.add_argument("--etcd-prefix", default=d.etcd_prefix)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Final, Protocol
 from node import protocol as P
 from node.seam import Cluster
 from node.session import Session, Slot
-from node.stats import Counters, FunctionStat
+from node.stats import Counters, FunctionStat, JobSnapshot, WorkerSnapshot
 from node.store import MemoryStore, Store, StoredJob
 from node.wakeup import WakeTracker
 
@@ -84,8 +85,9 @@ class Function:
 
 
 class Job:
-    __slots__ = ("bg", "den", "fn", "id", "listeners", "num", "payload", "priority", "reducer",
-                 "retries", "state", "stored", "timer", "unique", "waiters", "when", "worker")
+    __slots__ = ("bg", "created", "den", "fn", "id", "listeners", "num", "payload", "priority",
+                 "reducer", "retries", "state", "stored", "timer", "unique", "waiters", "when",
+                 "worker")
 
     def __init__(self, jid: int, fn: Function, unique: bytes, payload: bytes, priority: int,
                  bg: bool, when: int, reducer: bytes) -> None:
@@ -107,6 +109,7 @@ class Job:
         self.waiters: list[tuple[Session, Slot]] | None = None
         self.timer: TimerHandle | None = None
         self.stored = False
+        self.created = time.time()  # for the age the dashboard shows
 
     @property
     def function(self) -> bytes:
@@ -1021,6 +1024,42 @@ class JobManager:
 
     def job_count(self) -> int:
         return len(self.jobs)
+
+    # Read-only copies for the HTTP API and the dashboard; nothing outside the
+    # manager sees its Job or Session objects through these.
+
+    def queued_jobs(self, name: bytes, limit: int) -> tuple[int, list[JobSnapshot]]:
+        """A function's queued jobs in dispatch order (priority, then FIFO),
+        then its delayed ones by time: (how many in all, the first ``limit``)."""
+        fn = self.functions.get(name)
+        if fn is None:
+            return 0, []
+        out: list[JobSnapshot] = []
+        for q in fn.queues:
+            for job in q:
+                if len(out) >= limit:
+                    break
+                if job.state == QUEUED:
+                    out.append(self._snapshot(job, "queued"))
+        if len(out) < limit and fn.delayed:
+            for _, jid in sorted(self._delayed):
+                later = self.jobs.get(jid)
+                if later is not None and later.fn is fn and later.state == DELAYED:
+                    out.append(self._snapshot(later, "delayed"))
+                    if len(out) >= limit:
+                        break
+        return fn.queued + fn.delayed, out
+
+    def _snapshot(self, job: Job, state: str) -> JobSnapshot:
+        return JobSnapshot(self.handle_of(job), job.unique, job.priority, state, job.created,
+                           len(job.payload), job.bg, job.when)
+
+    def worker_snapshots(self) -> list[WorkerSnapshot]:
+        """Local connections that registered functions, newest first (as `workers`)."""
+        return [WorkerSnapshot(s.fd, s.peer, s.client_id,
+                               tuple(dict.fromkeys(fn.name for fn, _ in s.regs)),
+                               len(s.held), s.asleep)
+                for s in reversed(list(self.sessions.values())) if s.regs]
 
     # ------------------------------------------------------------------ status & misc
 

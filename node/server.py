@@ -13,14 +13,17 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from node.admin import Admin, AdminContext
 from node.config import NodeConfig
 from node.connection import GearmanConnection
 from node.jobs import JobManager, ManagerConfig, TimerHandle
-from node.stats import Counters, FunctionStat
+from node.stats import Counters, FunctionStat, JobSnapshot, WorkerSnapshot
 from node.store import CommitStats, Store, open_store
+
+if TYPE_CHECKING:
+    from node.api import ClusterViews
 
 log = logging.getLogger("gearmesh.node")
 
@@ -66,6 +69,9 @@ class Node:
         self.admin = Admin(self.manager, AdminContext(verbose=config.verbose,
                                                       shutdown=self.request_shutdown))
         self.extensions: list[Extension] = []
+        # The other nodes' views for the HTTP API, set by the composition root
+        # in a cluster (node/ never imports cluster/); None = standalone.
+        self.cluster_views: ClusterViews | None = None
         self._connections: set[GearmanConnection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._http: object | None = None
@@ -98,6 +104,40 @@ class Node:
 
     def cluster_epoch(self) -> int:
         return max((ext.epoch() for ext in self.extensions), default=0)
+
+    def queued_jobs(self, function: bytes, limit: int) -> tuple[int, list[JobSnapshot]]:
+        return self.manager.queued_jobs(function, limit)
+
+    def worker_snapshots(self) -> list[WorkerSnapshot]:
+        return self.manager.worker_snapshots()
+
+    def cancel_job(self, handle: bytes) -> bool:
+        # The admin `cancel job` rule, whoever asks (admin line or HTTP).
+        return self.manager.cancel(handle)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def http_action_allowed(self, action: str) -> tuple[bool, str]:
+        """The one rule for actions asked over HTTP (the dashboard's cancel).
+
+        Access control hook: when the node has an ACL, this must answer as
+        the ACL answers the admin command ``action`` for the HTTP caller
+        (an HTTP request carries no certificate today, so with an ACL on it
+        must refuse unless the ACL grants the action to anonymous callers).
+        """
+        if self.config.http_actions != "on":
+            return False, "actions over HTTP are off (--http-actions off)"
+        return True, ""
+
+    @property
+    def node_id(self) -> str:
+        return self.config.effective_node_id
+
+    @property
+    def queue_kind(self) -> str:
+        return self.config.queue
 
     # -- connections
 

@@ -39,6 +39,32 @@ class FunctionStat:
     workers: int
 
 
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """A queued (or delayed) job as the HTTP API shows it: a copy, never the job."""
+
+    handle: bytes
+    unique: bytes
+    priority: int  # 0 high, 1 normal, 2 low
+    state: str  # "queued" or "delayed" (an epoch job whose time has not come)
+    created: float  # Unix time this node took the job (replayed jobs: the replay)
+    size: int  # payload bytes
+    background: bool
+    when: int  # epoch time for delayed jobs, else 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSnapshot:
+    """A connection that registered functions, as the HTTP API shows it."""
+
+    fd: int
+    peer: str
+    client_id: bytes
+    functions: tuple[bytes, ...]
+    running: int  # jobs it holds now
+    asleep: bool  # sent PRE_SLEEP and was not woken since
+
+
 class NodeView(Protocol):
     """Read-only view of a running node (implemented by node.server.Node)."""
 
@@ -55,4 +81,15 @@ class NodeView(Protocol):
 
     def cluster_epoch(self) -> int:
         """Partition-map epoch (etcd revision); 0 on a standalone node."""
+        ...
+
+    def queued_jobs(self, function: bytes, limit: int) -> tuple[int, list[JobSnapshot]]:
+        """(how many, the first ``limit`` in dispatch order) of a function's
+        queued and delayed jobs."""
+        ...
+
+    def worker_snapshots(self) -> list[WorkerSnapshot]: ...
+
+    def cancel_job(self, handle: bytes) -> bool:
+        """Admin `cancel job`: True when the job was here and is gone now."""
         ...
