@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from node.pressuremetrics import pressure_metrics
 from node.stats import NodeView
 
 _COUNTERS = (
@@ -68,6 +69,7 @@ class NodeCollector:
         ready, _ = node.readiness()
         yield GaugeMetricFamily("gearmesh_ready", "1 when the node takes traffic",
                                 value=1 if ready else 0)
+        yield from pressure_metrics(node)
 
 
 def make_app(node: NodeView) -> web.Application:

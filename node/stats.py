@@ -4,9 +4,13 @@ path (no locks: a node is one event loop)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from node.flowcontrol import FlowControl
+    from node.looplag import LagHistogram
 
 
 @dataclass(slots=True)
@@ -42,6 +46,11 @@ class NodeView(Protocol):
     """Read-only view of a running node (implemented by node.server.Node)."""
 
     counters: Counters
+    flow: FlowControl
+    #: peer node → (frames, bytes) queued for it (empty on a standalone node).
+    peer_outboxes: Callable[[], Mapping[str, tuple[int, int]]]
+
+    def loop_lag(self) -> LagHistogram: ...
 
     def function_stats(self) -> Iterable[FunctionStat]: ...
 
