@@ -39,7 +39,13 @@ class ClusterExtension:
         self.node = node
         self.cfg = cfg
         self.node_id = cfg.effective_node_id
-        self.links = PeerLinks(self.node_id)
+        self.links = PeerLinks(self.node_id, outbox_high=cfg.peer_outbox)
+        # Back-pressure: a full outbox to a peer pauses the connections that
+        # feed this node; our store falling behind stops reading peers.
+        self.links.on_outbox(lambda peer: node.pause_feeding(f"peer {peer}"),
+                             lambda peer: node.resume_feeding(f"peer {peer}"))
+        self.links.set_intake_gate(node.intake_gate)
+        node.peer_outboxes = self.links.outboxes
         self.server = PeerLinkServer(self.links, host=cfg.listen or "0.0.0.0", port=cfg.peer_port)
         self.router = Router(self.node_id, node.manager, self.links, node.counters)
         self.links.on_frames(self.router.on_frames)

@@ -25,6 +25,7 @@ _COUNTERS = (
     ("requeued", "jobs put back after their worker was lost or timed out"),
     ("rejected", "submits refused (queue full, store failure, bad unique)"),
     ("forwarded", "submits forwarded to the owner node"),
+    ("rerouted", "forwarded submits sent again (or run here) because their owner was lost"),
     ("pushed", "jobs pushed to a sleeping worker on another node"),
     ("handed_off", "queued jobs handed to their new owner while draining"),
     ("connections_accepted", "connections accepted"),

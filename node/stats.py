@@ -22,6 +22,7 @@ class Counters:
     requeued: int = 0  # worker lost / timed out while holding a job
     rejected: int = 0  # QUEUE_ERROR and other refused submits
     forwarded: int = 0  # submits sent to another node (cluster)
+    rerouted: int = 0  # forwarded submits sent again because their owner was lost
     pushed: int = 0  # jobs this owner handed to another node's sleeping worker
     handed_off: int = 0  # queued jobs moved to their new owner while draining
     connections_accepted: int = 0
