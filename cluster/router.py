@@ -714,8 +714,8 @@ class Router:
         (cluster/handoff.py); how many were sent."""
         return self.handoff.start(self.map)
 
-    async def hand_off_all(self, timeout: float) -> tuple[int, int]:
-        """Drain: (jobs handed over, background jobs still here)."""
+    async def hand_off_all(self, timeout: float) -> tuple[int, int, str]:
+        """Drain: (jobs handed over, queued background jobs still here, why)."""
         return await self.handoff.drain(lambda: self.map, timeout)
 
     # ------------------------------------------------------------------ failures

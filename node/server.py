@@ -76,6 +76,9 @@ class Node:
         self._draining = False
         self._stopped = asyncio.Event()
         self.started_at = time.time()
+        #: The process's exit status once stopped: an extension sets 1 when a
+        #: drain could not finish (jobs left that another node should have).
+        self.exit_status = 0
         # Back-pressure (node/flowcontrol.py): the store's backlog and the
         # loop's lag are watched here; the cluster reports its peer outboxes
         # through pause_feeding/resume_feeding.
