@@ -93,6 +93,8 @@ class ClusterExtension:
         counters = self.node.counters
         while True:
             counters.peer_frames_sent, counters.peer_batches_sent = self.links.totals()
+            if self.membership is not None:
+                counters.lease_losses = self.membership.leases_lost
             await asyncio.sleep(1.0)
 
     def _check_nothing_left(self) -> None:

@@ -31,6 +31,7 @@ _COUNTERS = (
     ("connections_accepted", "connections accepted"),
     ("connections_refused", "connections refused by --max-connections"),
     ("protocol_errors", "malformed requests and overflowing connections"),
+    ("lease_losses", "times etcd dropped this live node's registration (lease lost)"),
     ("peer_batches_sent", "peer-link batches sent"),
     ("peer_frames_sent", "peer-link frames sent"),
     ("store_commits", "store transactions committed"),

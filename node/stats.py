@@ -28,6 +28,7 @@ class Counters:
     connections_accepted: int = 0
     connections_refused: int = 0
     protocol_errors: int = 0
+    lease_losses: int = 0  # cluster: times etcd dropped this live node's registration
     peer_batches_sent: int = 0
     peer_frames_sent: int = 0
     store_commits: int = 0
