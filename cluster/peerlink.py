@@ -48,13 +48,14 @@ import dataclasses
 import enum
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import grpc
 import msgpack
 
 from cluster import peer_pb2, peer_pb2_grpc
+from cluster.outbox import Outbox
 from cluster.tasks import stop_tasks
 
 log = logging.getLogger("gearmesh.cluster")
@@ -64,9 +65,14 @@ Batch: Any = peer_pb2.Batch  # type: ignore[attr-defined]
 
 FramesCallback = Callable[[str, int, list[Any]], None]
 PeerCallback = Callable[[str], None]
+# Returns None to go on reading, or something to await first (see set_intake_gate).
+IntakeGate = Callable[[], "Awaitable[None] | None"]
 
 NODE_HEADER: Final = "x-gearmesh-node"
 MAX_BATCH_BYTES: Final = 1 << 20
+# Bytes queued for one peer at which the node stops reading the connections
+# that feed it (--peer-outbox); they are read again at a quarter of it.
+OUTBOX_HIGH: Final = 8 << 20
 # A single frame may exceed the batch cap (a Gearman payload may be 64 MiB),
 # so the message limit sits well above the largest packet a node accepts.
 MAX_MESSAGE_BYTES: Final = 256 << 20
@@ -114,72 +120,20 @@ class LinkStats:
     frames_dropped: int = 0
     frames_received: int = 0
     batches_received: int = 0
+    intake_pauses: int = 0  # times we stopped reading this peer (our store was behind)
     batch_sizes: collections.Counter[int] = dataclasses.field(
         default_factory=collections.Counter
     )
 
 
-class _Chunk:
-    __slots__ = ("count", "epoch", "parts", "size")
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.count = 0
-
-
-class _Outbox:
-    """Encoded frames waiting for the writer, already cut into batches."""
-
-    __slots__ = ("_cap", "_chunks", "_tail", "frames", "size")
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._chunks: collections.deque[_Chunk] = collections.deque()
-        self._tail: _Chunk | None = None
-        self.size = 0
-        self.frames = 0
-
-    def add(self, data: bytes, epoch: int) -> None:
-        tail = self._tail
-        if tail is None or tail.epoch != epoch or (tail.size + len(data) > self._cap):
-            tail = _Chunk(epoch)
-            self._chunks.append(tail)
-            self._tail = tail
-        tail.parts.append(data)
-        tail.size += len(data)
-        tail.count += 1
-        self.size += len(data)
-        self.frames += 1
-
-    def take(self) -> _Chunk | None:
-        if not self._chunks:
-            return None
-        chunk = self._chunks.popleft()
-        if chunk is self._tail:
-            self._tail = None
-        self.size -= chunk.size
-        self.frames -= chunk.count
-        return chunk
-
-    def clear(self) -> int:
-        dropped = self.frames
-        self._chunks.clear()
-        self._tail = None
-        self.size = 0
-        self.frames = 0
-        return dropped
-
-
 class _Link:
     """Our outgoing side towards one peer."""
 
-    def __init__(self, node_id: str, address: str, cap: int) -> None:
+    def __init__(self, node_id: str, address: str, outbox: Outbox) -> None:
         self.node_id = node_id
         self.address = address
         self.state = LinkState.CONNECTING
-        self.outbox = _Outbox(cap)
+        self.outbox = outbox
         self.wake = asyncio.Event()
         # Set while nothing is buffered and no write is in flight.
         self.idle = asyncio.Event()
@@ -218,11 +172,16 @@ class PeerLinks:
         max_batch_bytes: int = MAX_BATCH_BYTES,
         connect_timeout: float = 5.0,
         max_backoff: float = 2.0,
+        outbox_high: int = OUTBOX_HIGH,
     ) -> None:
         self.node_id = node_id
         #: The partition-map epoch stamped on frames sent from now on.
         self.epoch = epoch
         self._cap = max_batch_bytes
+        self._outbox_high = outbox_high
+        self._on_full: PeerCallback | None = None
+        self._on_unfull: PeerCallback | None = None
+        self._gate: IntakeGate | None = None
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._links: dict[str, _Link] = {}
@@ -250,6 +209,24 @@ class PeerLinks:
         """``callback(node_id)`` each time a stream to a peer is established."""
         self._on_up = callback
 
+    def on_outbox(self, full: PeerCallback, relieved: PeerCallback) -> None:
+        """``full(node_id)`` when the outbox to a peer reaches its high
+        watermark, ``relieved(node_id)`` when it is back at its low one (or
+        cleared): the node pauses and resumes the connections feeding it."""
+        self._on_full = full
+        self._on_unfull = relieved
+
+    def set_intake_gate(self, gate: IntakeGate) -> None:
+        """Before reading the next batch from any peer, the receiver calls
+        ``gate()`` and awaits what it returns (None: read on). While it waits,
+        gRPC's flow control stops the sending node's writer, whose outbox
+        then fills and pauses its clients: back-pressure across nodes."""
+        self._gate = gate
+
+    def outboxes(self) -> dict[str, tuple[int, int]]:
+        """Peer → (frames, bytes) queued for it."""
+        return {n: (link.outbox.frames, link.outbox.size) for n, link in self._links.items()}
+
     # -- outgoing ---------------------------------------------------------
 
     def connect(self, node_id: str, address: str) -> None:
@@ -267,7 +244,10 @@ class PeerLinks:
             if link.address == address:
                 return
             self.disconnect(node_id)
-        link = _Link(node_id, address, self._cap)
+        outbox = Outbox(self._cap, self._outbox_high,
+                        on_high=lambda: self._fire(self._on_full, node_id),
+                        on_low=lambda: self._fire(self._on_unfull, node_id))
+        link = _Link(node_id, address, outbox)
         self._links[node_id] = link
         self._stats.setdefault(node_id, LinkStats())
         link.task = asyncio.get_running_loop().create_task(
@@ -480,6 +460,10 @@ class PeerLinks:
                     except Exception:
                         log.exception("peer-link on_frames callback failed (peer %s)",
                                       from_node)
+                gate = self._gate() if self._gate is not None else None
+                if gate is not None:
+                    stats.intake_pauses += 1
+                    await gate
         finally:
             if self._incoming.get(from_node) is mine:
                 del self._incoming[from_node]

@@ -148,14 +148,38 @@ class _Pushed:
 
 
 class _Pending:
-    __slots__ = ("arg", "kind", "owner", "session", "slot")
+    __slots__ = ("arg", "frame", "kind", "owner", "session", "slot")
 
-    def __init__(self, session: Session, slot: Slot, kind: int, owner: str, arg: bytes) -> None:
+    def __init__(self, session: Session, slot: Slot, kind: int, owner: str, arg: bytes,
+                 frame: list[Any]) -> None:
         self.session = session
         self.slot = slot
         self.kind = kind
         self.owner = owner
         self.arg = arg  # the handle or unique of a status request
+        self.frame = frame  # the request, to send it again elsewhere if its owner is lost
+
+
+class _Relay(Session):
+    """A submit sent again after its owner was lost: its first reply fills the
+    slot the client's connection reserved for the original request (so reply
+    order holds), later output (a foreground job's results) goes to it."""
+
+    __slots__ = ("_slot", "_target")
+    holds_replies = False
+
+    def __init__(self, target: Session, slot: Slot) -> None:
+        super().__init__(target.id, self._deliver, target.peer, target.fd)
+        self._target = target
+        self._slot: Slot | None = slot
+        self.exceptions = target.exceptions
+
+    def _deliver(self, data: bytes) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._target.fill(slot, data)
+        else:
+            self._target.send(data)
 
 
 def _handle_of(data: bytes) -> bytes:
@@ -270,7 +294,7 @@ class Router:
         frame[1] = rid
         if not self.links.send(owner, frame):
             return False
-        self._pending[rid] = _Pending(s, s.reserve(), kind, owner, arg)
+        self._pending[rid] = _Pending(s, s.reserve(), kind, owner, arg, frame)
         self._contacted.setdefault(s.id, set()).add(owner)
         return True
 
@@ -711,8 +735,8 @@ class Router:
         (cluster/handoff.py); how many were sent."""
         return self.handoff.start(self.map)
 
-    async def hand_off_all(self, timeout: float) -> tuple[int, int]:
-        """Drain: (jobs handed over, background jobs still here)."""
+    async def hand_off_all(self, timeout: float) -> tuple[int, int, str]:
+        """Drain: (jobs handed over, queued background jobs still here, why)."""
         return await self.handoff.drain(lambda: self.map, timeout)
 
     # ------------------------------------------------------------------ failures
@@ -723,10 +747,15 @@ class Router:
         for key in [k for k in self._proxies if k[0] == node_id]:
             proxy = self._proxies.pop(key)
             self.m.detach(proxy)
-        # Entry side: requests in flight get an answer now.
+        # Entry side: requests in flight get an answer now. A submit is not
+        # the client's problem: it goes to the key's owner under the current
+        # map (or is run here), as if it had just arrived.
         for rid in [r for r, p in self._pending.items() if p.owner == node_id]:
             p = self._pending.pop(rid)
-            p.session.fill(p.slot, self._failure_reply(p))
+            if p.kind in (K_SUBMIT_FG, K_SUBMIT_BG) and not p.session.closed:
+                self._resubmit(p)
+            else:
+                p.session.fill(p.slot, self._failure_reply(p))
         for conn, waiting in self._listening.items():
             lost = [h for h, owner in waiting.items() if owner == node_id]
             if not lost:
@@ -754,6 +783,16 @@ class Router:
             sup.pop(node_id, None)
         for owners in self._contacted.values():
             owners.discard(node_id)
+
+    def _resubmit(self, p: _Pending) -> None:
+        self.counters.rerouted += 1
+        relay = _Relay(p.session, p.slot)
+        ptype, args = p.frame[4], tuple(p.frame[5])
+        try:
+            self.m.handle(relay, ptype, args)
+        except Exception:
+            log.exception("resubmitting a request of lost node %s failed", p.owner)
+            relay.send(P.error_packet(b"SERVER_ERROR", b"Internal error"))
 
     @staticmethod
     def _failure_reply(p: _Pending) -> bytes:

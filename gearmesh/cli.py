@@ -190,8 +190,12 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
     if cfg.pid_file:
         with contextlib.suppress(OSError):
             os.unlink(cfg.pid_file)
-    log.warning("gearmesh node stopped")
-    return 0
+    if node.exit_status:
+        log.error("gearmesh node stopped with jobs it should have handed over (exit %d)",
+                  node.exit_status)
+    else:
+        log.warning("gearmesh node stopped")
+    return node.exit_status
 
 
 def _chown_tree(path: os.PathLike[str] | str, user: str) -> None:

@@ -3,7 +3,8 @@
 Thin on purpose. It owns flow control: while the peer does not read its
 replies the connection stops reading its requests, and a peer whose unread
 output passes the hard limit is disconnected rather than allowed to grow the
-node's memory without bound.
+node's memory without bound. A connection that submits also stops being read
+while the node is saturated (node/flowcontrol.py decides when).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from typing import TYPE_CHECKING, cast
 from node import protocol as P
 from node.session import Session
 
+_SUBMITS = frozenset({P.SUBMIT_JOB, P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH, P.SUBMIT_JOB_HIGH_BG,
+                      P.SUBMIT_JOB_LOW, P.SUBMIT_JOB_LOW_BG, P.SUBMIT_JOB_SCHED,
+                      P.SUBMIT_JOB_EPOCH, P.SUBMIT_REDUCE_JOB,
+                      P.SUBMIT_REDUCE_JOB_BACKGROUND})
+
 if TYPE_CHECKING:
     from node.server import Node
 
@@ -23,14 +29,15 @@ log = logging.getLogger("gearmesh.connection")
 
 
 class GearmanConnection(asyncio.Protocol):
-    __slots__ = ("_decoder", "_flush_scheduled", "_node", "_out", "_paused", "_transport",
-                 "session")
+    __slots__ = ("_decoder", "_fed_paused", "_flush_scheduled", "_node", "_out", "_paused",
+                 "_transport", "session")
 
     def __init__(self, node: Node) -> None:
         self._node = node
         self._decoder = P.Decoder(node.config.max_packet)
         self._transport: asyncio.Transport | None = None
-        self._paused = False
+        self._paused = False  # the peer does not read our replies
+        self._fed_paused = False  # the node is saturated and we feed it
         # Output is gathered and written once per batch of input (or per loop
         # iteration for output other connections cause): one send() for many
         # replies instead of one each, which is most of a small reply's cost.
@@ -90,9 +97,12 @@ class GearmanConnection(asyncio.Protocol):
         if s is None:
             return
         handlers = self._node.manager.handlers
+        submitted = False
         for ev in self._decoder.feed(data):
             ptype = ev[0]
             if ptype > 0:
+                if ptype in _SUBMITS:
+                    submitted = True
                 try:
                     handlers[ptype](s, ev[1])
                 except Exception:
@@ -115,6 +125,21 @@ class GearmanConnection(asyncio.Protocol):
                     return
         if self._out:
             self._flush()  # replies leave now, not a loop iteration later
+        if submitted and not s.regs:
+            self._node.check_store()
+            self._node.flow.feeding(self)
+        elif s.regs and self._node.flow.is_feeder(self):
+            self._node.flow.not_feeding(self)  # a worker: it must always be read
+
+    def pause_feeding(self) -> None:
+        self._fed_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_feeding(self) -> None:
+        self._fed_paused = False
+        if not self._paused and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def _close(self) -> None:
         self._flush()
@@ -129,7 +154,8 @@ class GearmanConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._transport is not None and not self._transport.is_closing():
+        if (not self._fed_paused and self._transport is not None
+                and not self._transport.is_closing()):
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -138,4 +164,5 @@ class GearmanConnection(asyncio.Protocol):
         if s is not None:
             self.session = None
             self._node.manager.detach(s)
+        self._node.flow.not_feeding(self)
         self._node.release(self)

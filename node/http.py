@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from node import api
 from node.admin import VERSION
+from node.pressuremetrics import pressure_metrics
 from node.stats import NodeView
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
@@ -45,12 +46,14 @@ _COUNTERS = (
     ("requeued", "jobs put back after their worker was lost or timed out"),
     ("rejected", "submits refused (queue full, store failure, bad unique)"),
     ("forwarded", "submits forwarded to the owner node"),
+    ("rerouted", "forwarded submits sent again (or run here) because their owner was lost"),
     ("pushed", "jobs pushed to a sleeping worker on another node"),
     ("noops_sent", "NOOPs sent to wake sleeping workers"),
     ("handed_off", "queued jobs handed to their new owner while draining"),
     ("connections_accepted", "connections accepted"),
     ("connections_refused", "connections refused by --max-connections"),
     ("protocol_errors", "malformed requests and overflowing connections"),
+    ("lease_losses", "times etcd dropped this live node's registration (lease lost)"),
     ("peer_batches_sent", "peer-link batches sent"),
     ("peer_frames_sent", "peer-link frames sent"),
     ("store_commits", "store transactions committed"),
@@ -91,6 +94,7 @@ class NodeCollector:
         yield GaugeMetricFamily("gearmesh_ready", "1 when the node takes traffic",
                                 value=1 if ready else 0)
         yield from exporter_metrics(node)
+        yield from pressure_metrics(node)
 
 
 def exporter_metrics(node: NodeView) -> Iterator[Metric]:

@@ -12,13 +12,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from node.admin import Admin, AdminContext
 from node.config import NodeConfig
 from node.connection import GearmanConnection
+from node.flowcontrol import FlowControl, Watermarks
 from node.jobs import JobManager, ManagerConfig, TimerHandle
+from node.looplag import LagHistogram, LoopLagMonitor
 from node.stats import Counters, FunctionStat, JobSnapshot, WorkerSnapshot
 from node.store import CommitStats, Store, open_store
 
@@ -80,6 +82,20 @@ class Node:
         self._draining = False
         self._stopped = asyncio.Event()
         self.started_at = time.time()
+        #: The process's exit status once stopped: an extension sets 1 when a
+        #: drain could not finish (jobs left that another node should have).
+        self.exit_status = 0
+        # Back-pressure (node/flowcontrol.py): the store's backlog and the
+        # loop's lag are watched here; the cluster reports its peer outboxes
+        # through pause_feeding/resume_feeding.
+        self.flow = FlowControl()
+        self._store_marks = Watermarks(config.store_backlog, config.store_backlog // 2)
+        self._store_relieved: asyncio.Future[None] | None = None
+        lag_ms = int(config.max_loop_lag * 1000)
+        self._lag_marks = Watermarks(lag_ms, lag_ms // 5) if lag_ms > 0 else None
+        self.looplag = LoopLagMonitor(self.loop, on_lag=self._on_lag)
+        #: Set by the cluster: peer node → (frames, bytes) queued for it.
+        self.peer_outboxes: Callable[[], Mapping[str, tuple[int, int]]] = dict
 
     # -- NodeView
 
@@ -139,6 +155,51 @@ class Node:
     def queue_kind(self) -> str:
         return self.config.queue
 
+    def loop_lag(self) -> LagHistogram:
+        return self.looplag.histogram
+
+    # -- back-pressure: the public surface the cluster layer uses
+
+    def pause_feeding(self, reason: str) -> None:
+        """Stop reading submitting connections until ``resume_feeding(reason)``
+        (e.g. ``reason="peer n2"`` while the outbox to n2 is full)."""
+        if reason not in self.flow.reasons:
+            log.info("saturated (%s): pausing submitting connections", reason)
+        self.flow.saturated(reason)
+
+    def resume_feeding(self, reason: str) -> None:
+        self.flow.relieved(reason)
+
+    def check_store(self) -> None:
+        """Compare the store's backlog with its watermarks (after submits,
+        after each commit)."""
+        store = self.store
+        if store is None:
+            return
+        change = self._store_marks.update(store.backlog())
+        if change is None:
+            return
+        self.flow.set("store", change)
+        if change is False and self._store_relieved is not None:
+            if not self._store_relieved.done():
+                self._store_relieved.set_result(None)
+            self._store_relieved = None
+
+    def intake_gate(self) -> asyncio.Future[None] | None:
+        """None while the store keeps up, else a future done once it does:
+        the peer link awaits it before reading the next batch of forwarded
+        requests, so gRPC's flow control slows the sending node down."""
+        self.check_store()
+        if not self._store_marks.saturated:
+            return None
+        if self._store_relieved is None:
+            self._store_relieved = self.loop.create_future()
+        return self._store_relieved
+
+    def _on_lag(self, lag: float) -> None:
+        if self._lag_marks is not None:
+            self.flow.set("event loop", self._lag_marks.update(int(lag * 1000)))
+
     # -- connections
 
     def new_session_id(self) -> int:
@@ -165,6 +226,7 @@ class Node:
         c.store_commits += 1
         c.store_commit_jobs += stats.jobs
         c.store_commit_seconds += stats.seconds
+        self.check_store()
 
     def open_store(self) -> None:
         cfg = self.config
@@ -193,6 +255,7 @@ class Node:
 
     async def listen(self) -> None:
         cfg = self.config
+        self.looplag.start()
         self._server = await self.loop.create_server(
             lambda: GearmanConnection(self), host=cfg.listen or None, port=cfg.port,
             reuse_address=True, backlog=1024)
@@ -272,6 +335,7 @@ class Node:
             await stop_http(self._http)
         if self.store is not None:
             await self.loop.run_in_executor(None, self.store.close)
+        self.looplag.stop()
         self._stopped.set()
 
     def _running_jobs(self) -> int:

@@ -286,3 +286,34 @@ async def test_pushed_job_wakes_the_next_sleeper_when_the_woken_one_does_not_gra
     busy.send(P.GRAB_JOB)  # the busy one's late GRAB finds nothing
     assert busy.recv() == [(P.NO_JOB, b"")]
     assert n["n2"].m.counters.noops_sent == 2
+
+
+@in_loop
+async def test_submits_in_flight_to_a_lost_owner_go_to_the_new_owner_not_queue_error() -> None:
+    from cluster.memberinfo import MemberInfo
+    from cluster.partition import PartitionMap
+
+    net, n = await cluster("n1", "n2", "n3")
+    c = n["n1"].conn()
+    ids = ("n1", "n2", "n3")
+    lost = [unique_owned_by("n3", ids, start) for start in (0, 50_000)]
+    local = unique_owned_by("n1", ids)
+    # Two background submits forwarded to n3, one local between them.
+    c.send(P.SUBMIT_JOB_BG, b"f", lost[0], b"a")
+    c.send(P.SUBMIT_JOB_BG, b"f", local, b"b")
+    c.send(P.SUBMIT_JOB_BG, b"f", lost[1], b"c")
+    # n3 dies before it read them: the frames in flight are gone.
+    net.queue = [q for q in net.queue if q[1] != "n3"]
+    net.down.add("n3")
+    members = {i: MemberInfo(peer_address=f"{i}:1", state="active") for i in ("n1", "n2")}
+    for i in ("n1", "n2"):
+        n[i].router.set_map(PartitionMap(2, members))
+    await net.settle()
+    replies = c.recv()
+    assert [t for t, _ in replies] == [P.JOB_CREATED] * 3, replies
+    # Each landed on its owner under the new map; none was refused.
+    pmap = PartitionMap(2, members)
+    for (_, handle), unique in zip(replies, [lost[0], local, lost[1]], strict=True):
+        owner = pmap.owner_of_key(unique)
+        assert handle.startswith(f"H:{owner}:".encode()), (handle, owner)
+    assert n["n1"].router.counters.rerouted == 2
