@@ -11,6 +11,7 @@ one-line reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -60,10 +61,8 @@ class Quota:
         parent = self.path.parent
         try:
             for pid in (self.path / "cgroup.procs").read_text().split():
-                try:
+                with contextlib.suppress(OSError):
                     (parent / "cgroup.procs").write_text(pid)
-                except OSError:
-                    pass
             self.path.rmdir()
         except OSError:
             pass
@@ -104,16 +103,16 @@ def detect(cores: float, period_us: int) -> Quotas:
     if v1.exists() and os.access(V1_ROOT, os.W_OK):
         return Quotas(1, V1_ROOT, cores, period_us)
     controllers = V2_ROOT / "cgroup.controllers"
-    if controllers.exists() and "cpu" in controllers.read_text().split():
-        if os.access(V2_ROOT, os.W_OK):
-            subtree = V2_ROOT / "cgroup.subtree_control"
-            if "cpu" not in subtree.read_text().split():
-                try:
-                    subtree.write_text("+cpu")
-                except OSError as exc:
-                    raise QuotaUnavailable(
-                        f"cannot enable the cpu controller in {subtree}: {exc}") from exc
-            return Quotas(2, V2_ROOT, cores, period_us)
+    if (controllers.exists() and "cpu" in controllers.read_text().split()
+            and os.access(V2_ROOT, os.W_OK)):
+        subtree = V2_ROOT / "cgroup.subtree_control"
+        if "cpu" not in subtree.read_text().split():
+            try:
+                subtree.write_text("+cpu")
+            except OSError as exc:
+                raise QuotaUnavailable(
+                    f"cannot enable the cpu controller in {subtree}: {exc}") from exc
+        return Quotas(2, V2_ROOT, cores, period_us)
     raise QuotaUnavailable(
         f"no writable cgroup CPU controller (need root and cgroup v1 {V1_ROOT} or v2 "
         f"{V2_ROOT}/cpu.max)")
