@@ -51,17 +51,15 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import grpc
 import msgpack
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from cluster import peer_pb2, peer_pb2_grpc
+from cluster.grpc_stack import LINK_METHOD, STREAM_STREAM, Batch, open_channel, start_server
 from cluster.outbox import Outbox
 from cluster.tasks import stop_tasks
 
 log = logging.getLogger("gearmesh.cluster")
-
-# The generated module registers Batch at import time, so mypy cannot see it.
-Batch: Any = peer_pb2.Batch  # type: ignore[attr-defined]
 
 FramesCallback = Callable[[str, int, list[Any]], None]
 PeerCallback = Callable[[str], None]
@@ -73,29 +71,6 @@ MAX_BATCH_BYTES: Final = 1 << 20
 # Bytes queued for one peer at which the node stops reading the connections
 # that feed it (--peer-outbox); they are read again at a quarter of it.
 OUTBOX_HIGH: Final = 8 << 20
-# A single frame may exceed the batch cap (a Gearman payload may be 64 MiB),
-# so the message limit sits well above the largest packet a node accepts.
-MAX_MESSAGE_BYTES: Final = 256 << 20
-
-_CLIENT_OPTIONS: Final[list[tuple[str, Any]]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Own connection per link: a shared subchannel could still be sitting in
-    # reconnect backoff from an earlier failure of the same address.
-    ("grpc.use_local_subchannel_pool", 1),
-    # Pings find a peer whose host vanished without closing the connection.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-_SERVER_OPTIONS: Final[list[tuple[str, Any]]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
-]
 
 
 class LinkState(enum.Enum):
@@ -363,49 +338,45 @@ class PeerLinks:
             await asyncio.sleep(ceiling * random.uniform(0.5, 1.0))
 
     async def _session(self, link: _Link) -> None:
-        channel = grpc.aio.insecure_channel(link.address, options=_CLIENT_OPTIONS)
-        call: Any = None
+        channel = open_channel(link.address)
         try:
-            stub = peer_pb2_grpc.PeerLinkStub(channel)  # type: ignore[no-untyped-call]
-            call = stub.Link(metadata=((NODE_HEADER, self.node_id),))
-            async with asyncio.timeout(self._connect_timeout):
-                headers = await call.initial_metadata()
-            if link.stopped():
-                return
-            remote = dict(headers or ()).get(NODE_HEADER)
-            if remote is None and call.done():
-                # No headers because the call failed before any arrived.
-                raise ConnectionError(f"{(await call.code()).name}: {await call.details()}")
-            if remote != link.node_id:
-                raise ConnectionError(
-                    f"{link.address} answered as node {remote!r}, expected {link.node_id!r}"
-                )
-            link.state = LinkState.UP
-            log.info("peer %s (%s) up", link.node_id, link.address)
-            self._fire(self._on_up, link.node_id)
-            reader = asyncio.create_task(self._await_end(call))
-            writer = asyncio.create_task(self._write_loop(link, call))
-            try:
-                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            finally:
-                await stop_tasks([reader, writer])
+            async with channel.request(LINK_METHOD, STREAM_STREAM, Batch, Batch,
+                                       metadata={NODE_HEADER: self.node_id}) as stream:
+                async with asyncio.timeout(self._connect_timeout):
+                    await stream.send_request()
+                    await stream.recv_initial_metadata()
+                if link.stopped():
+                    return
+                headers: Any = stream.initial_metadata or {}
+                remote = headers.get(NODE_HEADER)
+                if remote != link.node_id:
+                    raise ConnectionError(
+                        f"{link.address} answered as node {remote!r}, expected {link.node_id!r}"
+                    )
+                link.state = LinkState.UP
+                log.info("peer %s (%s) up", link.node_id, link.address)
+                self._fire(self._on_up, link.node_id)
+                reader = asyncio.create_task(self._await_end(stream))
+                writer = asyncio.create_task(self._write_loop(link, stream))
+                try:
+                    done, _ = await asyncio.wait({reader, writer},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                finally:
+                    await stop_tasks([reader, writer])
+                await stream.cancel()
         finally:
-            if call is not None:
-                call.cancel()
-            # Shielded: a repeated cancel from stop_task must not leave the
-            # channel half-closed.
-            await asyncio.shield(channel.close())
+            channel.close()
 
     @staticmethod
-    async def _await_end(call: Any) -> None:
+    async def _await_end(stream: Any) -> None:
         # The dialled side never writes; a read returns only when the stream
         # ends or breaks, which is how a silent link notices a dead peer.
-        while (await call.read()) is not grpc.aio.EOF:
+        while (await stream.recv_message()) is not None:
             pass
 
-    async def _write_loop(self, link: _Link, call: Any) -> None:
+    async def _write_loop(self, link: _Link, stream: Any) -> None:
         outbox = link.outbox
         stats = self._stats[link.node_id]
         while True:
@@ -416,7 +387,7 @@ class PeerLinks:
                 await link.wake.wait()
                 continue
             payload = b"".join(chunk.parts)
-            await call.write(
+            await stream.send_message(
                 Batch(from_node=self.node_id, epoch=chunk.epoch, frames=payload, count=chunk.count)
             )
             stats.frames_sent += chunk.count
@@ -426,14 +397,12 @@ class PeerLinks:
 
     # -- incoming ---------------------------------------------------------
 
-    async def serve_stream(self, requests: Any, context: Any) -> None:
+    async def serve_stream(self, stream: Any) -> None:
         """The PeerLink.Link handler body (used by PeerLinkServer)."""
-        headers = dict(context.invocation_metadata() or ())
-        from_node = headers.get(NODE_HEADER)
+        from_node = stream.metadata.get(NODE_HEADER) if stream.metadata else None
         if not from_node:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {NODE_HEADER}")
-            return
-        await context.send_initial_metadata(((NODE_HEADER, self.node_id),))
+            raise GRPCError(Status.INVALID_ARGUMENT, f"missing {NODE_HEADER}")
+        await stream.send_initial_metadata(metadata={NODE_HEADER: self.node_id})
         mine = _Incoming()
         previous = self._incoming.get(from_node)
         if previous is not None:
@@ -442,15 +411,14 @@ class PeerLinks:
         stats = self._stats.setdefault(from_node, LinkStats())
         log.debug("incoming stream from peer %s", from_node)
         try:
-            async for batch in requests:
+            while (batch := await stream.recv_message()) is not None:
                 if mine.superseded:
                     return
                 frames = self._unpack(batch.frames)
                 if len(frames) != batch.count:
                     log.error("peer %s sent a batch of %d frame(s) claiming %d; closing its "
                               "stream", from_node, len(frames), batch.count)
-                    await context.abort(grpc.StatusCode.DATA_LOSS, "frame count mismatch")
-                    return
+                    raise GRPCError(Status.DATA_LOSS, "frame count mismatch")
                 stats.batches_received += 1
                 stats.frames_received += len(frames)
                 callback = self._on_frames
@@ -489,19 +457,13 @@ class PeerLinks:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, GRPCError):
+        return f"{exc.status.name}: {exc.message}"
     if isinstance(exc, TimeoutError):
         return "handshake timed out"
+    if isinstance(exc, StreamTerminatedError):
+        return f"stream terminated: {exc}"
     return f"{type(exc).__name__}: {exc}"
-
-
-class _Servicer:
-    def __init__(self, links: PeerLinks) -> None:
-        self._links = links
-
-    async def Link(self, requests: Any, context: Any) -> None:
-        await self._links.serve_stream(requests, context)
 
 
 class PeerLinkServer:
@@ -516,17 +478,9 @@ class PeerLinkServer:
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0)."""
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
-        peer_pb2_grpc.add_PeerLinkServicer_to_server(  # type: ignore[no-untyped-call]
-            _Servicer(self._links), server
-        )
-        target = f"[{self._host}]" if ":" in self._host else self._host
-        port = server.add_insecure_port(f"{target}:{self._requested_port}")
-        if not port:
-            raise OSError(f"cannot bind the peer port {self._host}:{self._requested_port}")
-        await server.start()
-        self._server = server
-        self.port = int(port)
+        self._server = await start_server(self._links.serve_stream, self._host,
+                                          self._requested_port)
+        self.port = self._server.port
         log.info("peer link listening on %s:%d", self._host, self.port)
         return self.port
 

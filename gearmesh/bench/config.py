@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cleanup", dest="cleanup", action="store_false",
                         help="bg: leave the submitted jobs queued instead of draining them")
     parser.add_argument("--unique", choices=("job", "none"), default="job",
-                        help="bg/drain: job = a distinct unique id per job, as libgearman "
+                        help="bg/drain/rt: job = a distinct unique id per job, as libgearman "
                              "clients send; none = empty unique, as Perl and python gear "
                              "clients send by default (default: job)")
     parser.add_argument("--function-prefix", default="gearmesh-bench",
