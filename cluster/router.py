@@ -56,7 +56,8 @@ from cluster.handoff import Handoff
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
-from node.jobs import Function, JobManager, assignment_packet
+from node import replies as R
+from node.jobs import Function, JobManager
 from node.session import Session, Slot
 from node.stats import Counters
 
@@ -338,7 +339,7 @@ class Router:
                     # per job), or when the worker goes away. Only a timeout
                     # needs the owner to know at once.
                     self._untold.setdefault(s.id, {})[p.handle] = p.owner
-                s.send(assignment_packet(kind, p.handle, p.name, p.unique, p.reducer,
+                s.send(R.assignment_packet(kind, p.handle, p.name, p.unique, p.reducer,
                                          p.payload))
                 return True
         return False
@@ -738,9 +739,9 @@ class Router:
     def _failure_reply(p: _Pending) -> bytes:
         # Unknown: the node that held it is gone.
         if p.kind == K_STATUS:
-            return P.packet(P.STATUS_RES, p.arg + b"\x000\x000\x000\x000")
+            return R.unknown_status(p.arg)
         if p.kind == K_STATUS_UNIQUE:
-            return P.packet(P.STATUS_RES_UNIQUE, p.arg + b"\x000\x000\x000\x000\x000")
+            return R.unknown_status_unique(p.arg)
         return P.error_packet(b"QUEUE_ERROR", f"owner node {p.owner} is unreachable".encode())
 
     def close(self) -> None:

@@ -16,9 +16,11 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from node import protocol as P
+from node import replies as R
+from node.clock import Clock, TimerHandle
 from node.seam import Cluster
 from node.session import Session, Slot
 from node.stats import Counters, FunctionStat
@@ -36,18 +38,6 @@ QUEUED: Final = 1
 DELAYED: Final = 2  # epoch job whose time has not come
 RUNNING: Final = 3
 GONE: Final = 4  # completed, failed, cancelled or abandoned
-
-
-class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    def time(self) -> float:
-        """Wall-clock seconds (epoch jobs are in Unix time)."""
-        ...
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
 
 
 @dataclass(slots=True)
@@ -132,17 +122,6 @@ def c_atoi(text: bytes) -> int:
     return sign * n
 
 
-def assignment_packet(kind: int, handle: bytes, fn: bytes, unique: bytes, reducer: bytes,
-                      payload: bytes) -> bytes:
-    """JOB_ASSIGN, JOB_ASSIGN_UNIQ or JOB_ASSIGN_ALL, as the worker's grab asked."""
-    if kind == P.JOB_ASSIGN:
-        return P.packet(P.JOB_ASSIGN, b"%s\0%s\0%s" % (handle, fn, payload))
-    if kind == P.JOB_ASSIGN_ALL and reducer:
-        return P.packet(P.JOB_ASSIGN_ALL, b"%s\0%s\0%s\0%s\0%s" % (
-            handle, fn, unique, reducer, payload))
-    return P.packet(P.JOB_ASSIGN_UNIQ, b"%s\0%s\0%s\0%s" % (handle, fn, unique, payload))
-
-
 def _u32(n: int) -> int:
     return n & 0xFFFFFFFF
 
@@ -155,19 +134,6 @@ _SUBMITS: Final = {
     P.SUBMIT_JOB_HIGH_BG: (HIGH, True),
     P.SUBMIT_JOB_LOW_BG: (LOW, True),
 }
-
-_NOT_FOUND_DATA: Final = P.error_packet(b"JOB_NOT_FOUND", b"Job does not exist on server")
-_NOT_FOUND_RESULT: Final = P.error_packet(b"JOB_NOT_FOUND", b"Job given in work result not found")
-_NOT_FOUND_EXC: Final = P.error_packet(
-    b"JOB_NOT_FOUND", b"An exception was received for a job that does not exist")
-_HANDLE_TOO_LARGE: Final = P.error_packet(
-    b"ARGUMENT_TOO_LARGE",
-    b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf")
-_UNIQUE_TOO_LARGE: Final = P.error_packet(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
-_QUEUE_FULL: Final = P.error_packet(b"QUEUE_ERROR", b"Job queue is full")
-_UNKNOWN_OPTION: Final = P.error_packet(b"UNKNOWN_OPTION",
-                                        b"Server does not recognize given option")
-
 
 class JobManager:
     def __init__(self, clock: Clock, config: ManagerConfig | None = None,
@@ -296,7 +262,7 @@ class JobManager:
     def _submit_epoch(self, s: Session, args: tuple[bytes, ...]) -> None:
         when = c_atoi(args[2])
         if not -(2**63) <= when < 2**63:
-            s.send(P.error_packet(b"INVALID_ARGUMENT", b"Epoch time out of range"))
+            s.send(R.EPOCH_OUT_OF_RANGE)
             return
         self.submit(s, args[0], args[1], args[3], NORMAL, True, max(when, 0))
 
@@ -310,7 +276,7 @@ class JobManager:
                bg: bool, when: int = 0, reducer: bytes = b"") -> Job | None:
         if len(unique) > self.config.max_unique:
             self.counters.rejected += 1
-            s.send(_UNIQUE_TOO_LARGE)
+            s.send(R.UNIQUE_TOO_LARGE)
             return None
         fn = self.functions.get(name) or self.function(name)
         index: dict[bytes, Job] | None = None
@@ -331,7 +297,7 @@ class JobManager:
         if (limit and fn.total >= limit) or (
                 self.config.max_jobs and len(self.jobs) >= self.config.max_jobs):
             self.counters.rejected += 1
-            s.send(_QUEUE_FULL)
+            s.send(R.QUEUE_FULL)
             return None
         jid = self.next_id
         self.next_id = jid + 1
@@ -601,7 +567,7 @@ class JobManager:
         return job
 
     def assignment(self, job: Job, kind: int) -> bytes:
-        return assignment_packet(kind, self.prefix + str(job.id).encode(), job.fn.name,
+        return R.assignment_packet(kind, self.prefix + str(job.id).encode(), job.fn.name,
                                  job.unique, job.reducer, job.payload)
 
     def _take(self, s: Session) -> Job | None:
@@ -804,7 +770,7 @@ class JobManager:
                 and cluster.forward_handle(s, ptype, args, handle))
 
     def _work_status(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, P.WORK_STATUS, args, args[0], _NOT_FOUND_RESULT)
+        job = self._held(s, P.WORK_STATUS, args, args[0], R.NOT_FOUND_RESULT)
         if job is None:
             return
         job.num = _u32(c_atoi(args[1]))
@@ -820,14 +786,14 @@ class JobManager:
 
     def _forward(self, s: Session, args: tuple[bytes, ...], ptype: int) -> None:
         # Forwarded as they came; nothing is stored.
-        job = self._held(s, ptype, args, args[0], _NOT_FOUND_DATA)
+        job = self._held(s, ptype, args, args[0], R.NOT_FOUND_DATA)
         if job is None:
             return
         if job.listeners:
             self._broadcast(job, P.packet(ptype, args[0] + b"\0" + args[1]))
 
     def _work_complete(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, P.WORK_COMPLETE, args, args[0], _NOT_FOUND_RESULT)
+        job = self._held(s, P.WORK_COMPLETE, args, args[0], R.NOT_FOUND_RESULT)
         if job is None:
             return
         self._finish(job)
@@ -840,9 +806,9 @@ class JobManager:
         raw = args[0]
         handle = raw.split(b"\0", 1)[0]
         if len(handle) >= 64:
-            s.send(_HANDLE_TOO_LARGE)
+            s.send(R.HANDLE_TOO_LARGE)
             return
-        job = self._held(s, P.WORK_FAIL, args, handle, _NOT_FOUND_RESULT)
+        job = self._held(s, P.WORK_FAIL, args, handle, R.NOT_FOUND_RESULT)
         if job is None:
             return
         self._finish(job)
@@ -852,7 +818,7 @@ class JobManager:
             self._release_listeners(job)
 
     def _work_exception(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, P.WORK_EXCEPTION, args, args[0], _NOT_FOUND_EXC)
+        job = self._held(s, P.WORK_EXCEPTION, args, args[0], R.NOT_FOUND_EXC)
         if job is None:
             return
         self._finish(job)
@@ -1010,7 +976,7 @@ class JobManager:
     def status_packet(self, handle: bytes) -> bytes:
         job = self.job_by_handle(handle)
         if job is None or job.state == GONE:
-            return P.packet(P.STATUS_RES, handle + b"\x000\x000\x000\x000")
+            return R.unknown_status(handle)
         running = b"1" if job.state == RUNNING else b"0"
         return P.packet(P.STATUS_RES, b"%s\x001\x00%s\x00%d\x00%d" % (handle, running, job.num,
                                                                        job.den))
@@ -1024,7 +990,7 @@ class JobManager:
     def status_unique_packet(self, unique: bytes) -> bytes:
         job = self.job_by_unique(unique)
         if job is None:
-            return P.packet(P.STATUS_RES_UNIQUE, unique + b"\x000\x000\x000\x000\x000")
+            return R.unknown_status_unique(unique)
         running = b"1" if job.state == RUNNING else b"0"
         clients = len(job.listeners) if job.listeners else 0
         return P.packet(P.STATUS_RES_UNIQUE, b"%s\x001\x00%s\x00%d\x00%d\x00%d" % (
@@ -1049,7 +1015,7 @@ class JobManager:
             s.exceptions = True
             s.send(P.packet(P.OPTION_RES, raw))
         else:
-            s.send(_UNKNOWN_OPTION)
+            s.send(R.UNKNOWN_OPTION)
 
     def _set_client_id(self, s: Session, args: tuple[bytes, ...]) -> None:
         s.client_id = args[0][:127]

@@ -12,28 +12,18 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from node.admin import Admin, AdminContext
+from node.clock import LoopClock
 from node.config import NodeConfig
 from node.connection import GearmanConnection
-from node.jobs import JobManager, ManagerConfig, TimerHandle
+from node.jobs import JobManager, ManagerConfig
 from node.stats import Counters, FunctionStat
 from node.store import CommitStats, Store, open_store
 
 log = logging.getLogger("gearmesh.node")
-
-
-class LoopClock:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def time(self) -> float:
-        return time.time()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        return self._loop.call_later(delay, callback)
 
 
 class Extension(Protocol):
