@@ -11,22 +11,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from node import protocol as P
+from node.admin import Admin
+from node.config import NodeConfig
+from node.jobs import JobManager
 from node.session import Session
-
-if TYPE_CHECKING:
-    from node.server import Node
+from node.stats import Counters
 
 log = logging.getLogger("gearmesh.connection")
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs of its node (node.server.Node implements it);
+    a protocol, so this module does not import the server that imports it."""
+
+    config: NodeConfig
+    counters: Counters
+    loop: asyncio.AbstractEventLoop
+    manager: JobManager
+    admin: Admin
+
+    def new_session_id(self) -> int: ...
+
+    def admit(self, conn: GearmanConnection) -> bool: ...
+
+    def release(self, conn: GearmanConnection) -> None: ...
 
 
 class GearmanConnection(asyncio.Protocol):
     __slots__ = ("_decoder", "_flush_scheduled", "_node", "_out", "_paused", "_transport",
                  "session")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ConnectionHost) -> None:
         self._node = node
         self._decoder = P.Decoder(node.config.max_packet)
         self._transport: asyncio.Transport | None = None
