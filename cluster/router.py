@@ -49,7 +49,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN, packet_type
 from cluster.handoff import Handoff
@@ -57,6 +57,7 @@ from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
 from node import replies as R
+from node.dispatch import Dispatcher
 from node.jobs import Function, JobManager
 from node.session import Session, Slot
 from node.stats import Counters
@@ -128,8 +129,9 @@ class RemoteSession(Session):
         return slot
 
     def fill(self, slot: Slot, data: bytes) -> None:
-        if not self.closed and isinstance(slot, RemoteSlot):
-            self.links.send(self.node_id, [REP, slot.rid, self.conn, data])
+        # Every slot of a proxy comes from its reserve(): a RemoteSlot.
+        if not self.closed:
+            self.links.send(self.node_id, [REP, cast(RemoteSlot, slot).rid, self.conn, data])
 
 
 class _Pushed:
@@ -163,12 +165,13 @@ def _handle_of(data: bytes) -> bytes:
 
 
 class Router:
-    """Implements node.seam.Cluster for one node."""
+    """Implements node.seam.Forwarder and node.seam.ClusterHooks for one node."""
 
-    def __init__(self, node_id: str, manager: JobManager, links: PeerLinks,
-                 counters: Counters) -> None:
+    def __init__(self, node_id: str, manager: JobManager, dispatcher: Dispatcher,
+                 links: PeerLinks, counters: Counters) -> None:
         self.node_id = node_id
         self.m = manager
+        self.dispatcher = dispatcher
         self.links = links
         self.counters = counters
         self.map: PartitionMap | None = None
@@ -270,8 +273,6 @@ class Router:
         return True
 
     def forward_submit(self, s: Session, ptype: int, args: tuple[bytes, ...]) -> bool:
-        if isinstance(s, RemoteSession):
-            return False  # the sender routed it to us: we are its owner
         unique = args[1]
         if unique == b"-":
             key = args[-1]
@@ -291,8 +292,6 @@ class Router:
 
     def forward_handle(self, s: Session, ptype: int, args: tuple[bytes, ...],
                        handle: bytes) -> bool:
-        if isinstance(s, RemoteSession):
-            return False
         owner = self._owner_of_handle(handle)
         if owner is None:
             return False
@@ -307,7 +306,7 @@ class Router:
         return True
 
     def forward_unique(self, s: Session, args: tuple[bytes, ...], unique: bytes) -> bool:
-        if isinstance(s, RemoteSession) or not unique or unique == b"-":
+        if not unique or unique == b"-":
             return False
         owner = self.owner_of(unique)
         if owner is None:
@@ -318,7 +317,7 @@ class Router:
 
     def grab(self, s: Session, kind: int) -> bool:
         pushed = self._pushed
-        if not pushed or isinstance(s, RemoteSession):
+        if not pushed:
             return False
         for fn, timeout in s.regs:
             q = pushed.get(fn.name)
@@ -358,8 +357,6 @@ class Router:
         return bool(pushed) and any(fn.name in pushed for fn, _ in s.regs)
 
     def detached(self, s: Session) -> None:
-        if isinstance(s, RemoteSession):
-            return
         untold = self._untold.pop(s.id, None)
         if untold:
             # Before "gone", so the owner requeues these jobs too.
@@ -417,7 +414,7 @@ class Router:
             if job is not None and job.worker is proxy:
                 freed = job.fn
         try:
-            self.m.handle(proxy, ptype, tuple(args))
+            self.dispatcher.handle_local(proxy, ptype, tuple(args))
         except Exception:
             log.exception("forwarded packet %d from %s failed", ptype, node_id)
             if proxy.rid:  # the entry node still waits for an answer

@@ -16,6 +16,7 @@ from typing import Protocol, cast
 from node import protocol as P
 from node.admin import Admin
 from node.config import NodeConfig
+from node.dispatch import Dispatcher
 from node.jobs import JobManager
 from node.session import Session
 from node.stats import Counters
@@ -31,6 +32,7 @@ class ConnectionHost(Protocol):
     counters: Counters
     loop: asyncio.AbstractEventLoop
     manager: JobManager
+    dispatcher: Dispatcher
     admin: Admin
 
     def new_session_id(self) -> int: ...
@@ -78,7 +80,7 @@ class GearmanConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=max(65536, high // 16))
         self.session = Session(node.new_session_id(), self._write, ip, fd)
         self.session.flush = self._flush
-        node.manager.attach(self.session)
+        node.dispatcher.attach(self.session)
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
@@ -107,7 +109,7 @@ class GearmanConnection(asyncio.Protocol):
         s = self.session
         if s is None:
             return
-        handlers = self._node.manager.handlers
+        handlers = self._node.dispatcher.handlers
         for ev in self._decoder.feed(data):
             ptype = ev[0]
             if ptype > 0:
@@ -155,5 +157,5 @@ class GearmanConnection(asyncio.Protocol):
         self._transport = None
         if s is not None:
             self.session = None
-            self._node.manager.detach(s)
+            self._node.dispatcher.detach(s)
         self._node.release(self)

@@ -19,6 +19,7 @@ from node.admin import Admin, AdminContext
 from node.clock import LoopClock
 from node.config import NodeConfig
 from node.connection import GearmanConnection
+from node.dispatch import Dispatcher
 from node.jobs import JobManager, ManagerConfig
 from node.stats import Counters, FunctionStat
 from node.store import CommitStats, Store, open_store
@@ -53,6 +54,7 @@ class Node:
             max_jobs=config.max_queue,
             all_exceptions=config.exceptions,
         ), counters=self.counters)
+        self.dispatcher = Dispatcher(self.manager)
         self.admin = Admin(self.manager, AdminContext(verbose=config.verbose,
                                                       shutdown=self.request_shutdown))
         self.extensions: list[Extension] = []
