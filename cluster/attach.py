@@ -47,7 +47,8 @@ class ClusterExtension:
         self.links.set_intake_gate(node.intake_gate)
         node.peer_outboxes = self.links.outboxes
         self.server = PeerLinkServer(self.links, host=cfg.listen or "0.0.0.0", port=cfg.peer_port)
-        self.router = Router(self.node_id, node.manager, self.links, node.counters)
+        self.router = Router(self.node_id, node.manager, node.dispatcher, self.links,
+                             node.counters)
         self.links.on_frames(self.router.on_frames)
         self.links.on_peer_down(self._peer_down)
         self.membership: Membership | None = None
@@ -80,6 +81,7 @@ class ClusterExtension:
         self.membership = Membership(cfg.etcd or "", cfg.etcd_prefix, self.node_id, info,
                                      lease_ttl=cfg.lease_ttl, on_change=self._on_map)
         self.node.manager.cluster = self.router
+        self.node.dispatcher.set_forwarder(self.router)
         self._metrics_task = asyncio.get_running_loop().create_task(self._copy_link_totals())
         await self.membership.start()
         if await self.membership.wait_registered(timeout=10):

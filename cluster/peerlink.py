@@ -286,20 +286,6 @@ class PeerLinks:
     def stats(self, node_id: str) -> LinkStats:
         return self._stats.setdefault(node_id, LinkStats())
 
-    async def wait_flushed(self, node_id: str, timeout: float | None = None) -> bool:
-        """Wait until everything queued for a peer has been written to its
-        stream (handed to gRPC, not acknowledged by the peer). False on
-        timeout or when the link is not up."""
-        link = self._links.get(node_id)
-        if link is None:
-            return False
-        try:
-            async with asyncio.timeout(timeout):
-                await link.idle.wait()
-        except TimeoutError:
-            return False
-        return link.state is LinkState.UP and link.outbox.frames == 0
-
     async def close(self) -> None:
         """Drop every link (no callbacks) and wait for their tasks to end."""
         self._closed = True

@@ -50,14 +50,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN, packet_type
 from cluster.handoff import Handoff
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
-from node.jobs import Function, JobManager, assignment_packet
+from node import replies as R
+from node.dispatch import Dispatcher
+from node.jobs import Function, JobManager
 from node.session import Session, Slot
 from node.stats import Counters
 from node.wakeup import WakeTracker
@@ -129,8 +131,9 @@ class RemoteSession(Session):
         return slot
 
     def fill(self, slot: Slot, data: bytes) -> None:
-        if not self.closed and isinstance(slot, RemoteSlot):
-            self.links.send(self.node_id, [REP, slot.rid, self.conn, data])
+        # Every slot of a proxy comes from its reserve(): a RemoteSlot.
+        if not self.closed:
+            self.links.send(self.node_id, [REP, cast(RemoteSlot, slot).rid, self.conn, data])
 
 
 class _Pushed:
@@ -188,12 +191,13 @@ def _handle_of(data: bytes) -> bytes:
 
 
 class Router:
-    """Implements node.seam.Cluster for one node."""
+    """Implements node.seam.Forwarder and node.seam.ClusterHooks for one node."""
 
-    def __init__(self, node_id: str, manager: JobManager, links: PeerLinks,
-                 counters: Counters) -> None:
+    def __init__(self, node_id: str, manager: JobManager, dispatcher: Dispatcher,
+                 links: PeerLinks, counters: Counters) -> None:
         self.node_id = node_id
         self.m = manager
+        self.dispatcher = dispatcher
         self.links = links
         self.counters = counters
         self.map: PartitionMap | None = None
@@ -299,8 +303,6 @@ class Router:
         return True
 
     def forward_submit(self, s: Session, ptype: int, args: tuple[bytes, ...]) -> bool:
-        if isinstance(s, RemoteSession):
-            return False  # the sender routed it to us: we are its owner
         unique = args[1]
         if unique == b"-":
             key = args[-1]
@@ -320,8 +322,6 @@ class Router:
 
     def forward_handle(self, s: Session, ptype: int, args: tuple[bytes, ...],
                        handle: bytes) -> bool:
-        if isinstance(s, RemoteSession):
-            return False
         owner = self._owner_of_handle(handle)
         if owner is None:
             return False
@@ -336,7 +336,7 @@ class Router:
         return True
 
     def forward_unique(self, s: Session, args: tuple[bytes, ...], unique: bytes) -> bool:
-        if isinstance(s, RemoteSession) or not unique or unique == b"-":
+        if not unique or unique == b"-":
             return False
         owner = self.owner_of(unique)
         if owner is None:
@@ -348,7 +348,7 @@ class Router:
     def grab(self, s: Session, kind: int) -> bool:
         self._push_wakes.answered(s)
         pushed = self._pushed
-        if not pushed or isinstance(s, RemoteSession):
+        if not pushed:
             return False
         for fn, timeout in s.regs:
             q = pushed.get(fn.name)
@@ -369,7 +369,7 @@ class Router:
                     # per job), or when the worker goes away. Only a timeout
                     # needs the owner to know at once.
                     self._untold.setdefault(s.id, {})[p.handle] = p.owner
-                s.send(assignment_packet(kind, p.handle, p.name, p.unique, p.reducer,
+                s.send(R.assignment_packet(kind, p.handle, p.name, p.unique, p.reducer,
                                          p.payload))
                 return True
         return False
@@ -388,8 +388,6 @@ class Router:
         return bool(pushed) and any(fn.name in pushed for fn, _ in s.regs)
 
     def detached(self, s: Session) -> None:
-        if isinstance(s, RemoteSession):
-            return
         self._push_wakes.answered(s)
         untold = self._untold.pop(s.id, None)
         if untold:
@@ -448,7 +446,7 @@ class Router:
             if job is not None and job.worker is proxy:
                 freed = job.fn
         try:
-            self.m.handle(proxy, ptype, tuple(args))
+            self.dispatcher.handle_local(proxy, ptype, tuple(args))
         except Exception:
             log.exception("forwarded packet %d from %s failed", ptype, node_id)
             if proxy.rid:  # the entry node still waits for an answer
@@ -789,7 +787,7 @@ class Router:
         relay = _Relay(p.session, p.slot)
         ptype, args = p.frame[4], tuple(p.frame[5])
         try:
-            self.m.handle(relay, ptype, args)
+            self.dispatcher.handle(relay, ptype, args)
         except Exception:
             log.exception("resubmitting a request of lost node %s failed", p.owner)
             relay.send(P.error_packet(b"SERVER_ERROR", b"Internal error"))
@@ -798,9 +796,9 @@ class Router:
     def _failure_reply(p: _Pending) -> bytes:
         # Unknown: the node that held it is gone.
         if p.kind == K_STATUS:
-            return P.packet(P.STATUS_RES, p.arg + b"\x000\x000\x000\x000")
+            return R.unknown_status(p.arg)
         if p.kind == K_STATUS_UNIQUE:
-            return P.packet(P.STATUS_RES_UNIQUE, p.arg + b"\x000\x000\x000\x000\x000")
+            return R.unknown_status_unique(p.arg)
         return P.error_packet(b"QUEUE_ERROR", f"owner node {p.owner} is unreachable".encode())
 
     def close(self) -> None:

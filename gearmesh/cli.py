@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import NoReturn
 
-from node.config import ConfigError, NodeConfig, add_serve_arguments, config_from_args
+from node.config import NodeConfig, add_serve_arguments, config_from_args
 from node.store import StoreError
 
 log = logging.getLogger("gearmesh")
@@ -207,10 +207,7 @@ def _chown_tree(path: os.PathLike[str] | str, user: str) -> None:
 
 
 def serve(ns: argparse.Namespace) -> int:
-    try:
-        cfg = config_from_args(ns)
-    except ConfigError as e:
-        fail(str(e))
+    cfg = config_from_args(ns)
     cfg.data_dir = cfg.data_dir.absolute()
     _check_user(cfg.user)
     if cfg.etcd and cfg.job_handle_prefix:

@@ -12,10 +12,6 @@ from pathlib import Path
 LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
 
 
-class ConfigError(Exception):
-    pass
-
-
 @dataclass
 class NodeConfig:
     port: int = 4730

@@ -12,27 +12,51 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from node import protocol as P
+from node.admin import Admin
+from node.config import NodeConfig
+from node.dispatch import Dispatcher
+from node.flowcontrol import FlowControl
+from node.jobs import JobManager
 from node.session import Session
+from node.stats import Counters
 
 _SUBMITS = frozenset({P.SUBMIT_JOB, P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH, P.SUBMIT_JOB_HIGH_BG,
                       P.SUBMIT_JOB_LOW, P.SUBMIT_JOB_LOW_BG, P.SUBMIT_JOB_SCHED,
                       P.SUBMIT_JOB_EPOCH, P.SUBMIT_REDUCE_JOB,
                       P.SUBMIT_REDUCE_JOB_BACKGROUND})
 
-if TYPE_CHECKING:
-    from node.server import Node
-
 log = logging.getLogger("gearmesh.connection")
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs of its node (node.server.Node implements it);
+    a protocol, so this module does not import the server that imports it."""
+
+    config: NodeConfig
+    counters: Counters
+    loop: asyncio.AbstractEventLoop
+    manager: JobManager
+    dispatcher: Dispatcher
+    admin: Admin
+    flow: FlowControl
+
+    def new_session_id(self) -> int: ...
+
+    def check_store(self) -> None: ...
+
+    def admit(self, conn: GearmanConnection) -> bool: ...
+
+    def release(self, conn: GearmanConnection) -> None: ...
 
 
 class GearmanConnection(asyncio.Protocol):
     __slots__ = ("_decoder", "_fed_paused", "_flush_scheduled", "_node", "_out", "_paused",
                  "_transport", "session")
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ConnectionHost) -> None:
         self._node = node
         self._decoder = P.Decoder(node.config.max_packet)
         self._transport: asyncio.Transport | None = None
@@ -67,7 +91,7 @@ class GearmanConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=max(65536, high // 16))
         self.session = Session(node.new_session_id(), self._write, ip, fd)
         self.session.flush = self._flush
-        node.manager.attach(self.session)
+        node.dispatcher.attach(self.session)
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
@@ -96,7 +120,7 @@ class GearmanConnection(asyncio.Protocol):
         s = self.session
         if s is None:
             return
-        handlers = self._node.manager.handlers
+        handlers = self._node.dispatcher.handlers
         submitted = False
         for ev in self._decoder.feed(data):
             ptype = ev[0]
@@ -163,6 +187,6 @@ class GearmanConnection(asyncio.Protocol):
         self._transport = None
         if s is not None:
             self.session = None
-            self._node.manager.detach(s)
+            self._node.dispatcher.detach(s)
         self._node.flow.not_feeding(self)
         self._node.release(self)

@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from node.admin import Admin, AdminContext
+from node.clock import LoopClock
 from node.config import NodeConfig
 from node.connection import GearmanConnection
+from node.dispatch import Dispatcher
 from node.flowcontrol import FlowControl, Watermarks
-from node.jobs import JobManager, ManagerConfig, TimerHandle
+from node.jobs import JobManager, ManagerConfig
 from node.looplag import LagHistogram, LoopLagMonitor
 from node.stats import Counters, FunctionStat, JobSnapshot, WorkerSnapshot
 from node.store import CommitStats, Store, open_store
@@ -28,17 +30,6 @@ if TYPE_CHECKING:
     from node.api import ClusterViews
 
 log = logging.getLogger("gearmesh.node")
-
-
-class LoopClock:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def time(self) -> float:
-        return time.time()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        return self._loop.call_later(delay, callback)
 
 
 class Extension(Protocol):
@@ -68,6 +59,7 @@ class Node:
             max_jobs=config.max_queue,
             all_exceptions=config.exceptions,
         ), counters=self.counters)
+        self.dispatcher = Dispatcher(self.manager)
         self.admin = Admin(self.manager, AdminContext(verbose=config.verbose,
                                                       shutdown=self.request_shutdown))
         self.extensions: list[Extension] = []
