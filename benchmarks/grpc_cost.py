@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""What one small message costs on a grpc.aio bidirectional stream.
+"""What one message costs on a gRPC bidirectional stream, per Python gRPC stack.
 
-    .venv/bin/python benchmarks/grpc_cost.py [--pingers 16] [--round-trips 40000]
+    .venv/bin/python benchmarks/grpc_cost.py [--pingers 16] [--round-trips 20000]
+        [--sizes 40,4096,65536] [--kinds grpcio,grpclib,tcp]
 
 A server process echoes every message it reads on one bidi stream; this
-process keeps ``--pingers`` round trips in flight, one small message each
-way per round trip (no batching: that is the point), and reports round trips
-per second and the CPU time both processes spent per round trip. The same
-is then done over a plain asyncio TCP connection with length-prefixed
-messages, as the floor a message could cost in Python. Both sides use
-uvloop when it is installed, as the nodes do.
+process keeps ``--pingers`` round trips in flight, one message each way per
+round trip (no batching: that is the point), and reports round trips per
+second and the CPU time both processes spent per round trip, for each
+message size. Stacks: ``grpcio`` (grpc.aio, C core with its own poller
+thread), ``grpclib`` (HTTP/2 in Python on the event loop, with a raw-bytes
+codec as the peer link uses), and a plain asyncio TCP connection with
+length-prefixed messages, the floor a message could cost in Python. Both
+sides use uvloop when it is installed, as the nodes do.
 
 Why it matters: the peer link batches frames, but a job that crosses nodes
 at low concurrency travels in messages of one or two frames, so the cluster's
@@ -30,10 +33,15 @@ import time
 from typing import Any
 
 import grpc
+from grpclib.client import Channel as GrpclibChannel
+from grpclib.const import Cardinality, Handler
+from grpclib.encoding.base import CodecBase
+from grpclib.server import Server as GrpclibServer
 
 SERVICE = "bench.Echo"
 METHOD = f"/{SERVICE}/Link"
 LENGTH = struct.Struct(">I")
+_KEY = 16  # every message starts with its round trip's key, padded to this
 
 
 def _ident(b: bytes) -> bytes:
@@ -78,6 +86,34 @@ async def _grpc_server(port: int) -> None:
     await server.wait_for_termination()
 
 
+class _RawCodec(CodecBase):
+    """Messages are bytes already (the peer link's codec does the same)."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return data
+
+
+class _GrpclibEcho:
+    async def link(self, stream: Any) -> None:
+        while (msg := await stream.recv_message()) is not None:
+            await stream.send_message(msg)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {METHOD: Handler(self.link, Cardinality.STREAM_STREAM, bytes, bytes)}
+
+
+async def _grpclib_server(port: int) -> None:
+    server = GrpclibServer([_GrpclibEcho()], codec=_RawCodec())
+    await server.start("127.0.0.1", port)
+    print("ready", flush=True)
+    await server.wait_closed()
+
+
 class _EchoProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
@@ -96,7 +132,8 @@ async def _tcp_server(port: int) -> None:
 # -- clients -------------------------------------------------------------------
 
 
-async def _grpc_client(port: int, pingers: int, total: int) -> tuple[float, float]:
+async def _grpc_client(port: int, pingers: int, total: int,
+                       size: int) -> tuple[float, float]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     call = channel.stream_stream(METHOD, request_serializer=_ident,
                                  response_deserializer=_ident)()
@@ -105,7 +142,7 @@ async def _grpc_client(port: int, pingers: int, total: int) -> tuple[float, floa
 
     async def reader() -> None:
         while (msg := await call.read()) is not grpc.aio.EOF:
-            waiting.pop(msg).set_result(None)
+            waiting.pop(msg[:_KEY]).set_result(None)
 
     async def writer() -> None:
         # One writer: a stream takes one write at a time.
@@ -113,14 +150,40 @@ async def _grpc_client(port: int, pingers: int, total: int) -> tuple[float, floa
             await call.write(await outbox.get())
 
     tasks = [asyncio.create_task(reader()), asyncio.create_task(writer())]
-    elapsed, cpu = await _drive(pingers, total, waiting, outbox.put_nowait)
+    elapsed, cpu = await _drive(pingers, total, size, waiting, outbox.put_nowait)
     for t in tasks:
         t.cancel()
     await channel.close()
     return elapsed, cpu
 
 
-async def _tcp_client(port: int, pingers: int, total: int) -> tuple[float, float]:
+async def _grpclib_client(port: int, pingers: int, total: int,
+                          size: int) -> tuple[float, float]:
+    channel = GrpclibChannel("127.0.0.1", port, codec=_RawCodec())
+    waiting: dict[bytes, asyncio.Future[None]] = {}
+    outbox: asyncio.Queue[bytes] = asyncio.Queue()
+    async with channel.request(METHOD, Cardinality.STREAM_STREAM, bytes, bytes) as stream:
+        await stream.send_request()
+
+        async def reader() -> None:
+            while (msg := await stream.recv_message()) is not None:
+                waiting.pop(msg[:_KEY]).set_result(None)
+
+        async def writer() -> None:
+            while True:
+                await stream.send_message(await outbox.get())
+
+        tasks = [asyncio.create_task(reader()), asyncio.create_task(writer())]
+        elapsed, cpu = await _drive(pingers, total, size, waiting, outbox.put_nowait)
+        for t in tasks:
+            t.cancel()
+        await stream.cancel()
+    channel.close()
+    return elapsed, cpu
+
+
+async def _tcp_client(port: int, pingers: int, total: int,
+                      size: int) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     waiting: dict[bytes, asyncio.Future[None]] = {}
     buf = bytearray()
@@ -132,31 +195,32 @@ async def _tcp_client(port: int, pingers: int, total: int) -> tuple[float, float
                 (n,) = LENGTH.unpack_from(buf)
                 if len(buf) < 4 + n:
                     return
-                msg = bytes(buf[4:4 + n])
+                key = bytes(buf[4:4 + _KEY])
                 del buf[:4 + n]
-                waiting.pop(msg).set_result(None)
+                waiting.pop(key).set_result(None)
 
     transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
-    elapsed, cpu = await _drive(pingers, total, waiting,
+    elapsed, cpu = await _drive(pingers, total, size, waiting,
                                 lambda m: transport.write(LENGTH.pack(len(m)) + m))
     transport.close()
     return elapsed, cpu
 
 
-async def _drive(pingers: int, total: int, waiting: dict[bytes, asyncio.Future[None]],
-                 send: Any) -> tuple[float, float]:
+async def _drive(pingers: int, total: int, size: int,
+                 waiting: dict[bytes, asyncio.Future[None]], send: Any) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     done = 0
+    filler = b"x" * max(size - _KEY, 0)
 
     async def pinger(i: int) -> None:
         nonlocal done
         k = 0
         while done < total:
-            key = b"%d:%d" % (i, k)
+            key = (b"%d:%d" % (i, k)).ljust(_KEY, b".")
             k += 1
             fut: asyncio.Future[None] = loop.create_future()
             waiting[key] = fut
-            send(key)
+            send(key + filler)
             await fut
             done += 1
 
@@ -165,7 +229,13 @@ async def _drive(pingers: int, total: int, waiting: dict[bytes, asyncio.Future[N
     return time.perf_counter() - t0, _cpu() - c0
 
 
-def _measure(kind: str, pingers: int, total: int) -> None:
+_SERVERS: dict[str, Any] = {"grpcio": _grpc_server, "grpclib": _grpclib_server,
+                            "tcp": _tcp_server}
+_CLIENTS: dict[str, Any] = {"grpcio": _grpc_client, "grpclib": _grpclib_client,
+                            "tcp": _tcp_client}
+
+
+def _measure(kind: str, pingers: int, total: int, size: int) -> float:
     port = _free_port()
     child = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port)],
                              stdout=subprocess.PIPE, text=True)
@@ -174,16 +244,16 @@ def _measure(kind: str, pingers: int, total: int) -> None:
         if child.stdout.readline().strip() != "ready":
             raise SystemExit(f"{kind} server did not start")
         server_cpu0 = _child_cpu(child.pid)
-        client = _grpc_client if kind == "grpc" else _tcp_client
-        elapsed, client_cpu = asyncio.run(client(port, pingers, total))
+        elapsed, client_cpu = asyncio.run(_CLIENTS[kind](port, pingers, total, size))
         server_cpu = _child_cpu(child.pid) - server_cpu0
     finally:
         child.kill()
         child.wait()
     per_rt = (client_cpu + server_cpu) / total * 1e6
-    print(f"{kind:5} {total / elapsed:>9,.0f} round trips/s   CPU per round trip: "
+    print(f"{kind:7} {size:>6} B {total / elapsed:>9,.0f} round trips/s   CPU per round trip: "
           f"client {client_cpu / total * 1e6:5.0f} us, server {server_cpu / total * 1e6:5.0f} us"
-          f"   = {per_rt / 4:4.0f} us per message and side")
+          f"   = {per_rt / 4:4.0f} us per message and side", flush=True)
+    return per_rt / 4
 
 
 def _free_port() -> int:
@@ -196,18 +266,37 @@ def _free_port() -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pingers", type=int, default=16, help="round trips kept in flight")
-    ap.add_argument("--round-trips", type=int, default=40000)
-    ap.add_argument("--serve", choices=("grpc", "tcp"), help=argparse.SUPPRESS)
+    ap.add_argument("--round-trips", type=int, default=20000)
+    ap.add_argument("--sizes", default="40,4096,65536", help="message sizes in bytes")
+    ap.add_argument("--kinds", default="grpcio,grpclib,tcp", help="stacks to measure")
+    ap.add_argument("--reps", type=int, default=1, help="repetitions, interleaved")
+    ap.add_argument("--serve", choices=tuple(_SERVERS), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     _install_uvloop()
     if args.serve:
-        asyncio.run(_grpc_server(args.port) if args.serve == "grpc" else _tcp_server(args.port))
+        asyncio.run(_SERVERS[args.serve](args.port))
         return
+    import grpclib
     print(f"{args.pingers} round trips in flight, one message each way, "
-          f"{os.cpu_count()} CPU(s), grpcio {grpc.__version__}")
-    for kind in ("grpc", "tcp"):
-        _measure(kind, args.pingers, args.round_trips)
+          f"{os.cpu_count()} CPU(s), grpcio {grpc.__version__}, grpclib {grpclib.__version__}")
+    kinds = args.kinds.split(",")
+    sizes = [int(x) for x in args.sizes.split(",")]
+    results: dict[tuple[str, int], list[float]] = {}
+    for _ in range(args.reps):
+        for size in sizes:
+            # Big messages take longer: fewer of them keep each run short.
+            n = max(args.round_trips * 4096 // max(size, 4096), 1000)
+            for kind in kinds:
+                results.setdefault((kind, size), []).append(
+                    _measure(kind, args.pingers, n, size))
+    print("\nmedian CPU per message and side (us):")
+    print("| size | " + " | ".join(kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    for size in sizes:
+        cells = [f"{sorted(results[(k, size)])[len(results[(k, size)]) // 2]:.0f}"
+                 for k in kinds]
+        print(f"| {size} B | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -39,15 +39,24 @@ class ClusterExtension:
         self.node = node
         self.cfg = cfg
         self.node_id = cfg.effective_node_id
-        self.links = PeerLinks(self.node_id)
+        self.links = PeerLinks(self.node_id, outbox_high=cfg.peer_outbox)
+        # Back-pressure: a full outbox to a peer pauses the connections that
+        # feed this node; our store falling behind stops reading peers.
+        self.links.on_outbox(lambda peer: node.pause_feeding(f"peer {peer}"),
+                             lambda peer: node.resume_feeding(f"peer {peer}"))
+        self.links.set_intake_gate(node.intake_gate)
+        node.peer_outboxes = self.links.outboxes
         self.server = PeerLinkServer(self.links, host=cfg.listen or "0.0.0.0", port=cfg.peer_port)
-        self.router = Router(self.node_id, node.manager, self.links, node.counters)
+        self.router = Router(self.node_id, node.manager, node.dispatcher, self.links,
+                             node.counters)
         self.links.on_frames(self.router.on_frames)
         self.links.on_peer_down(self._peer_down)
         self.membership: Membership | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self._out_of_map = asyncio.Event()  # set once a map lists us as not active
         self._drained = False
+        self._drain_started = False
+        self._why_left = ""
 
     def _peer_down(self, node_id: str) -> None:
         log.warning("link to node %s is down", node_id)
@@ -72,6 +81,7 @@ class ClusterExtension:
         self.membership = Membership(cfg.etcd or "", cfg.etcd_prefix, self.node_id, info,
                                      lease_ttl=cfg.lease_ttl, on_change=self._on_map)
         self.node.manager.cluster = self.router
+        self.node.dispatcher.set_forwarder(self.router)
         self._metrics_task = asyncio.get_running_loop().create_task(self._copy_link_totals())
         await self.membership.start()
         if await self.membership.wait_registered(timeout=10):
@@ -85,7 +95,24 @@ class ClusterExtension:
         counters = self.node.counters
         while True:
             counters.peer_frames_sent, counters.peer_batches_sent = self.links.totals()
+            if self.membership is not None:
+                counters.lease_losses = self.membership.leases_lost
             await asyncio.sleep(1.0)
+
+    def _check_nothing_left(self) -> None:
+        """A drain must not end with queued jobs while another node could
+        take them: after a scale-in nobody starts this node again. If it
+        does, say so and exit non-zero; the jobs stay in the store and run
+        when the node starts again with the same data directory."""
+        left = self.router.handoff.left()
+        m = self.membership.current if self.membership is not None else None
+        others = [n for n in (m.active if m is not None else ()) if n != self.node_id]
+        if left and others:
+            log.error("drain: %d queued background job(s) were not handed over (%s); they "
+                      "stay in %s for this node's next start; active nodes: %s", left,
+                      self._why_left or "unknown reason", self.cfg.data_dir,
+                      ", ".join(others))
+            self.node.exit_status = 1
 
     def ready(self) -> tuple[bool, str]:
         ms = self.membership
@@ -105,19 +132,21 @@ class ClusterExtension:
     async def drain(self) -> None:
         if self.membership is None:
             return
+        self._drain_started = True
         await self.membership.set_state("draining", timeout=2)
         try:
             async with asyncio.timeout(5):
                 await self._out_of_map.wait()
         except TimeoutError:
-            log.warning("drain: the partition map still lists this node as active; "
-                        "its queued jobs stay in its store")
+            self._why_left = "the partition map still lists this node as active"
+            log.warning("drain: %s; its queued jobs cannot be handed over", self._why_left)
             return
         self._drained = True
-        moved, left = await self.router.hand_off_all(self.cfg.grace)
+        moved, left, why = await self.router.hand_off_all(self.cfg.grace)
+        self._why_left = why
         log.warning("drain: %d queued background job(s) handed to their new owners; "
-                    "%d background job(s) still here (running, or kept in the store)",
-                    moved, left)
+                    "%d queued background job(s) still here%s", moved, left,
+                    f" ({why})" if why else "")
 
     async def stop(self) -> None:
         if self._drained:
@@ -125,9 +154,12 @@ class ClusterExtension:
             # jobs of workers whose connections the node has just closed
             # (their connection_lost runs on the next loop iteration).
             await asyncio.sleep(0)
-            moved, _ = await self.router.hand_off_all(2.0)
+            moved, _, why = await self.router.hand_off_all(2.0)
+            self._why_left = why or self._why_left
             if moved:
                 log.warning("drain: %d job(s) handed over in total", moved)
+        if self._drain_started:
+            self._check_nothing_left()
         if self._metrics_task is not None:
             self._metrics_task.cancel()
         self.router.close()

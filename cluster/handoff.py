@@ -13,12 +13,18 @@ own commit: a job is never in neither place. If that answer is lost (the link
 breaks at that moment) the job is in both and may run twice. Foreground jobs
 (their clients wait on this node's job), background jobs a foreground client
 has coalesced onto, and reduce jobs stay.
+
+Paced, so a node holding hundreds of thousands of jobs neither stalls its
+loop nor floods a peer: at most WINDOW handoffs are unanswered at a time;
+each answer sends the next job. The rest wait here (held, so no local
+worker starts them) until their turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -26,13 +32,18 @@ from cluster.frames import REQ, packet_type
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks
 from node import protocol as P
-from node.jobs import HIGH, LOW, NORMAL, Job, JobManager
+from node.jobs import DELAYED, HIGH, LOW, NORMAL, QUEUED, Job, JobManager
 from node.session import Session
 from node.stats import Counters
 
 log = logging.getLogger("gearmesh.cluster")
 
 HANDOFF_CONN: Final = -1  # the "connection" jobs are handed over from
+# Handoffs sent and not answered yet, at most: bounds the peer's outbox and
+# the new owner's burst, while keeping its group commits full.
+WINDOW: Final = 2000
+# While a target's link is down (it may be redialling), try again this often.
+RETRY: Final = 0.2
 _BG_SUBMIT: Final = {HIGH: P.SUBMIT_JOB_HIGH_BG, NORMAL: P.SUBMIT_JOB_BG, LOW: P.SUBMIT_JOB_LOW_BG}
 
 
@@ -56,8 +67,10 @@ class Handoff:
         self._next_rid = next_rid
         self._holder = _Holder()
         self._sent: dict[int, tuple[Job, str]] = {}  # request id → (job, new owner)
+        self._backlog: deque[tuple[Job, str]] = deque()  # taken, waiting for the window
         self._all_answered: asyncio.Event | None = None
         self._rotate = 0
+        self.refused = 0  # jobs put back by the last start(): their target was unreachable
 
     def start(self, pmap: PartitionMap | None) -> int:
         """Send each queued or delayed background job whose key another node
@@ -85,10 +98,27 @@ class Handoff:
             return True
 
         taken = self.m.take_matching(self._holder, want)
-        refused = [job for job in taken if not self._send(job, targets[job.id])]
+        self._backlog.extend((job, targets[job.id]) for job in taken)
+        self.refused = self._pump()
+        return len(taken) - self.refused
+
+    def _pump(self) -> int:
+        """Send from the backlog while the window has room; jobs whose target
+        refuses go back to the head of their queue. Returns how many did."""
+        backlog = self._backlog
+        refused: list[Job] = []
+        while backlog and len(self._sent) < WINDOW:
+            job, target = backlog.popleft()
+            if not self._send(job, target):
+                refused.append(job)
         for job in reversed(refused):  # back to the head, in their order
             self.m.unassign(job)
-        return len(taken) - len(refused)
+        return len(refused)
+
+    @property
+    def busy(self) -> bool:
+        """Handoffs are waiting to be sent or answered."""
+        return bool(self._sent or self._backlog)
 
     def _send(self, job: Job, target: str) -> bool:
         if job.when:
@@ -113,6 +143,11 @@ class Handoff:
 
     def node_lost(self, node_id: str) -> None:
         """Jobs on their way to a lost node stay here."""
+        waiting = [job for job, target in self._backlog if target == node_id]
+        if waiting:
+            self._backlog = deque(e for e in self._backlog if e[1] != node_id)
+            for job in reversed(waiting):
+                self.m.unassign(job)
         for rid in [r for r, (_, target) in self._sent.items() if target == node_id]:
             self._settle(self._sent.pop(rid)[0], b"")
 
@@ -125,25 +160,49 @@ class Handoff:
                 log.warning("handing job %d over was refused: %r; it stays here", job.id,
                             data[12:].replace(b"\0", b" "))
             self.m.unassign(job)
-        if not self._sent and self._all_answered is not None:
+        if self._backlog:
+            self._pump()
+        if not self._sent and not self._backlog and self._all_answered is not None:
             self._all_answered.set()
 
     async def drain(self, current_map: Callable[[], PartitionMap | None],
-                    timeout: float) -> tuple[int, int]:
-        """Hand everything over, again while submits routed here under the
-        previous map still arrive, until nothing is left to send or the time
-        is up. Returns (jobs handed over, background jobs still here)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        for _ in range(3):
-            if not self.start(current_map()):
+                    timeout: float) -> tuple[int, int, str]:
+        """Hand everything over — again and again while submits routed here
+        under the previous map still arrive, or while a target's link is
+        redialling — until nothing is left or ``timeout`` is up. Returns
+        (jobs handed over, queued background jobs still here, why)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        why = ""
+        while True:
+            pmap = current_map()
+            others = [n for n in (pmap.active if pmap is not None else ()) if n != self.node_id]
+            if not others:
+                why = "no other active node to hand them to"
                 break
-            self._all_answered = asyncio.Event()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._all_answered.wait()
-            except TimeoutError:
-                break
-            finally:
-                self._all_answered = None
-        left = sum(1 for j in self.m.jobs.values() if j.bg)
-        return self.counters.handed_off, left
+            sent = self.start(pmap)
+            if self.busy:
+                self._all_answered = asyncio.Event()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._all_answered.wait()
+                except TimeoutError:
+                    why = f"not all answered within {timeout:g}s"
+                    break
+                finally:
+                    self._all_answered = None
+            elif not sent:
+                if not self.refused:
+                    break  # nothing left to hand over
+                if loop.time() + RETRY >= deadline:
+                    why = f"their new owners were unreachable for {timeout:g}s"
+                    break
+                # Timer, not synchronisation: a target is redialling.
+                await asyncio.sleep(RETRY)
+        return self.counters.handed_off, self.left(), why
+
+    def left(self) -> int:
+        """Background jobs here that a drain should have moved: queued or
+        delayed, or still on their way."""
+        return sum(1 for j in self.m.jobs.values()
+                   if j.bg and (j.state in (QUEUED, DELAYED) or j.worker is self._holder))

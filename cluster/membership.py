@@ -29,6 +29,8 @@ from typing import Any, Final
 
 import aetcd
 
+from cluster.etcdclient import make_client
+from cluster.keepalive import LeaseKeeper
 from cluster.memberinfo import MemberInfo, NodeState
 from cluster.partition import PartitionMap
 from cluster.tasks import stop_task, stop_tasks
@@ -41,14 +43,6 @@ _BACKOFF_START: Final = 0.1
 # A repeated outage is logged at most this often, so a long etcd outage does
 # not flood the log while still showing that the node keeps trying.
 _OUTAGE_LOG_INTERVAL: Final = 30.0
-_CHANNEL_OPTIONS: Final[dict[str, Any]] = {
-    # Each session gets its own TCP connection: gRPC would otherwise hand a new
-    # channel the shared subchannel that is still in reconnect backoff from the
-    # previous outage, delaying recovery by up to its backoff (minutes).
-    "grpc.use_local_subchannel_pool": 1,
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 2000,
-}
 
 
 def parse_endpoints(spec: str | Sequence[str]) -> list[tuple[str, int]]:
@@ -117,6 +111,8 @@ class Membership:
         self._own_put_revision = 0
         self._reregister = False
         self._deliver_scheduled = False
+        #: Leases etcd dropped while this node was alive (keepalives missed).
+        self.leases_lost = 0
 
         # set_state() bumps the wanted version; the session's publisher writes
         # it and reports the written version to the waiters.
@@ -128,6 +124,8 @@ class Membership:
 
         self._outage_since: float | None = None
         self._outage_logged_at = 0.0
+        # Built in start(): it posts to the running loop.
+        self._keeper: LeaseKeeper | None = None
 
     # -- public surface -------------------------------------------------
 
@@ -148,6 +146,11 @@ class Membership:
     async def start(self) -> None:
         """Start registering and watching in the background; never raises."""
         if self._task is None and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._keeper = LeaseKeeper(self._endpoints, self._ttl, self._lease_lost,
+                                       loop.call_soon_threadsafe)
+            self._keeper.keep(self._lease_id)
+            self._keeper.start()
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"membership-{self.node_id}"
             )
@@ -195,6 +198,10 @@ class Membership:
         task, self._task = self._task, None
         if task is not None:
             await stop_task(task)
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.keep(None)
+            await asyncio.get_running_loop().run_in_executor(None, keeper.stop)
         for _, fut in self._publish_waiters:
             if not fut.done():
                 fut.set_result(False)
@@ -209,9 +216,7 @@ class Membership:
         failures = 0
         while not self._closing:
             host, port = self._endpoints[failures % len(self._endpoints)]
-            client = aetcd.Client(
-                host, port, timeout=self._rpc_timeout, options=dict(_CHANNEL_OPTIONS)
-            )
+            client = make_client(host, port, self._rpc_timeout)
             try:
                 await self._session(client, f"{host}:{port}")
             except asyncio.CancelledError:
@@ -258,7 +263,6 @@ class Membership:
         self._registered.set()
         self._report_recovery(where)
         tasks = [
-            asyncio.create_task(self._keepalive(client), name="membership-keepalive"),
             asyncio.create_task(self._consume(watch), name="membership-watch"),
             asyncio.create_task(self._publisher(client), name="membership-publish"),
         ]
@@ -291,9 +295,12 @@ class Membership:
                 return
             log.warning("node %s: etcd lease %x is gone; taking a new one", self.node_id,
                         self._lease_id)
+            self.leases_lost += 1
             self._lease_id = None
         lease = await client.lease(self._ttl)
         self._lease_id = int(lease.id)
+        if self._keeper is not None:
+            self._keeper.keep(self._lease_id)
         log.info("node %s: etcd lease %x granted (ttl %ds)", self.node_id, lease.id, self._ttl)
 
     async def _publish(self, client: aetcd.Client) -> int:
@@ -332,22 +339,21 @@ class Membership:
         if self._closing or self._reregister:
             return
         log.warning("node %s: %s; registering again", self.node_id, why)
+        self.leases_lost += 1
         self._registered.clear()
         self._reregister = True
         self._publish_wanted.set()
 
-    async def _keepalive(self, client: aetcd.Client) -> None:
-        interval = self._ttl / 3
-        while True:
-            # A timer, not a synchronisation: keepalives are due periodically.
-            await asyncio.sleep(interval)
-            lease_id = self._lease_id
-            if lease_id is None or self._reregister:
-                continue
-            reply = await client.refresh_lease(lease_id)
-            if (reply is None or reply.TTL <= 0) and lease_id == self._lease_id:
-                self._lease_id = None
-                self._request_reregistration(f"etcd lease {lease_id:x} is gone")
+    def _lease_lost(self, lease_id: int) -> None:
+        """The keepalive thread learnt from etcd that the lease is gone."""
+        if lease_id == self._lease_id and not self._closing:
+            self._lease_id = None
+            self._request_reregistration(f"etcd lease {lease_id:x} is gone")
+
+    @property
+    def keepalive_gap(self) -> float:
+        """Longest time between two successful lease refreshes so far."""
+        return self._keeper.longest_gap if self._keeper is not None else 0.0
 
     async def _consume(self, watch: Any) -> None:
         async for event in watch:
@@ -458,9 +464,7 @@ class Membership:
 
     async def _revoke(self, lease_id: int) -> None:
         for host, port in self._endpoints:
-            client = aetcd.Client(
-                host, port, timeout=self._rpc_timeout, options=dict(_CHANNEL_OPTIONS)
-            )
+            client = make_client(host, port, self._rpc_timeout)
             try:
                 await client.revoke_lease(lease_id)
                 log.info("node %s: left the cluster (lease %x revoked)", self.node_id, lease_id)

@@ -48,48 +48,29 @@ import dataclasses
 import enum
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import grpc
 import msgpack
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from cluster import peer_pb2, peer_pb2_grpc
+from cluster.grpc_stack import LINK_METHOD, STREAM_STREAM, Batch, open_channel, start_server
+from cluster.outbox import Outbox
 from cluster.tasks import stop_tasks
 
 log = logging.getLogger("gearmesh.cluster")
 
-# The generated module registers Batch at import time, so mypy cannot see it.
-Batch: Any = peer_pb2.Batch  # type: ignore[attr-defined]
-
 FramesCallback = Callable[[str, int, list[Any]], None]
 PeerCallback = Callable[[str], None]
+# Returns None to go on reading, or something to await first (see set_intake_gate).
+IntakeGate = Callable[[], "Awaitable[None] | None"]
 
 NODE_HEADER: Final = "x-gearmesh-node"
 MAX_BATCH_BYTES: Final = 1 << 20
-# A single frame may exceed the batch cap (a Gearman payload may be 64 MiB),
-# so the message limit sits well above the largest packet a node accepts.
-MAX_MESSAGE_BYTES: Final = 256 << 20
-
-_CLIENT_OPTIONS: Final[list[tuple[str, Any]]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Own connection per link: a shared subchannel could still be sitting in
-    # reconnect backoff from an earlier failure of the same address.
-    ("grpc.use_local_subchannel_pool", 1),
-    # Pings find a peer whose host vanished without closing the connection.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-_SERVER_OPTIONS: Final[list[tuple[str, Any]]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
-]
+# Bytes queued for one peer at which the node stops reading the connections
+# that feed it (--peer-outbox); they are read again at a quarter of it.
+OUTBOX_HIGH: Final = 8 << 20
 
 
 class LinkState(enum.Enum):
@@ -114,72 +95,20 @@ class LinkStats:
     frames_dropped: int = 0
     frames_received: int = 0
     batches_received: int = 0
+    intake_pauses: int = 0  # times we stopped reading this peer (our store was behind)
     batch_sizes: collections.Counter[int] = dataclasses.field(
         default_factory=collections.Counter
     )
 
 
-class _Chunk:
-    __slots__ = ("count", "epoch", "parts", "size")
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.count = 0
-
-
-class _Outbox:
-    """Encoded frames waiting for the writer, already cut into batches."""
-
-    __slots__ = ("_cap", "_chunks", "_tail", "frames", "size")
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._chunks: collections.deque[_Chunk] = collections.deque()
-        self._tail: _Chunk | None = None
-        self.size = 0
-        self.frames = 0
-
-    def add(self, data: bytes, epoch: int) -> None:
-        tail = self._tail
-        if tail is None or tail.epoch != epoch or (tail.size + len(data) > self._cap):
-            tail = _Chunk(epoch)
-            self._chunks.append(tail)
-            self._tail = tail
-        tail.parts.append(data)
-        tail.size += len(data)
-        tail.count += 1
-        self.size += len(data)
-        self.frames += 1
-
-    def take(self) -> _Chunk | None:
-        if not self._chunks:
-            return None
-        chunk = self._chunks.popleft()
-        if chunk is self._tail:
-            self._tail = None
-        self.size -= chunk.size
-        self.frames -= chunk.count
-        return chunk
-
-    def clear(self) -> int:
-        dropped = self.frames
-        self._chunks.clear()
-        self._tail = None
-        self.size = 0
-        self.frames = 0
-        return dropped
-
-
 class _Link:
     """Our outgoing side towards one peer."""
 
-    def __init__(self, node_id: str, address: str, cap: int) -> None:
+    def __init__(self, node_id: str, address: str, outbox: Outbox) -> None:
         self.node_id = node_id
         self.address = address
         self.state = LinkState.CONNECTING
-        self.outbox = _Outbox(cap)
+        self.outbox = outbox
         self.wake = asyncio.Event()
         # Set while nothing is buffered and no write is in flight.
         self.idle = asyncio.Event()
@@ -218,11 +147,16 @@ class PeerLinks:
         max_batch_bytes: int = MAX_BATCH_BYTES,
         connect_timeout: float = 5.0,
         max_backoff: float = 2.0,
+        outbox_high: int = OUTBOX_HIGH,
     ) -> None:
         self.node_id = node_id
         #: The partition-map epoch stamped on frames sent from now on.
         self.epoch = epoch
         self._cap = max_batch_bytes
+        self._outbox_high = outbox_high
+        self._on_full: PeerCallback | None = None
+        self._on_unfull: PeerCallback | None = None
+        self._gate: IntakeGate | None = None
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._links: dict[str, _Link] = {}
@@ -250,6 +184,24 @@ class PeerLinks:
         """``callback(node_id)`` each time a stream to a peer is established."""
         self._on_up = callback
 
+    def on_outbox(self, full: PeerCallback, relieved: PeerCallback) -> None:
+        """``full(node_id)`` when the outbox to a peer reaches its high
+        watermark, ``relieved(node_id)`` when it is back at its low one (or
+        cleared): the node pauses and resumes the connections feeding it."""
+        self._on_full = full
+        self._on_unfull = relieved
+
+    def set_intake_gate(self, gate: IntakeGate) -> None:
+        """Before reading the next batch from any peer, the receiver calls
+        ``gate()`` and awaits what it returns (None: read on). While it waits,
+        gRPC's flow control stops the sending node's writer, whose outbox
+        then fills and pauses its clients: back-pressure across nodes."""
+        self._gate = gate
+
+    def outboxes(self) -> dict[str, tuple[int, int]]:
+        """Peer → (frames, bytes) queued for it."""
+        return {n: (link.outbox.frames, link.outbox.size) for n, link in self._links.items()}
+
     # -- outgoing ---------------------------------------------------------
 
     def connect(self, node_id: str, address: str) -> None:
@@ -267,7 +219,10 @@ class PeerLinks:
             if link.address == address:
                 return
             self.disconnect(node_id)
-        link = _Link(node_id, address, self._cap)
+        outbox = Outbox(self._cap, self._outbox_high,
+                        on_high=lambda: self._fire(self._on_full, node_id),
+                        on_low=lambda: self._fire(self._on_unfull, node_id))
+        link = _Link(node_id, address, outbox)
         self._links[node_id] = link
         self._stats.setdefault(node_id, LinkStats())
         link.task = asyncio.get_running_loop().create_task(
@@ -331,20 +286,6 @@ class PeerLinks:
     def stats(self, node_id: str) -> LinkStats:
         return self._stats.setdefault(node_id, LinkStats())
 
-    async def wait_flushed(self, node_id: str, timeout: float | None = None) -> bool:
-        """Wait until everything queued for a peer has been written to its
-        stream (handed to gRPC, not acknowledged by the peer). False on
-        timeout or when the link is not up."""
-        link = self._links.get(node_id)
-        if link is None:
-            return False
-        try:
-            async with asyncio.timeout(timeout):
-                await link.idle.wait()
-        except TimeoutError:
-            return False
-        return link.state is LinkState.UP and link.outbox.frames == 0
-
     async def close(self) -> None:
         """Drop every link (no callbacks) and wait for their tasks to end."""
         self._closed = True
@@ -383,49 +324,45 @@ class PeerLinks:
             await asyncio.sleep(ceiling * random.uniform(0.5, 1.0))
 
     async def _session(self, link: _Link) -> None:
-        channel = grpc.aio.insecure_channel(link.address, options=_CLIENT_OPTIONS)
-        call: Any = None
+        channel = open_channel(link.address)
         try:
-            stub = peer_pb2_grpc.PeerLinkStub(channel)  # type: ignore[no-untyped-call]
-            call = stub.Link(metadata=((NODE_HEADER, self.node_id),))
-            async with asyncio.timeout(self._connect_timeout):
-                headers = await call.initial_metadata()
-            if link.stopped():
-                return
-            remote = dict(headers or ()).get(NODE_HEADER)
-            if remote is None and call.done():
-                # No headers because the call failed before any arrived.
-                raise ConnectionError(f"{(await call.code()).name}: {await call.details()}")
-            if remote != link.node_id:
-                raise ConnectionError(
-                    f"{link.address} answered as node {remote!r}, expected {link.node_id!r}"
-                )
-            link.state = LinkState.UP
-            log.info("peer %s (%s) up", link.node_id, link.address)
-            self._fire(self._on_up, link.node_id)
-            reader = asyncio.create_task(self._await_end(call))
-            writer = asyncio.create_task(self._write_loop(link, call))
-            try:
-                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            finally:
-                await stop_tasks([reader, writer])
+            async with channel.request(LINK_METHOD, STREAM_STREAM, Batch, Batch,
+                                       metadata={NODE_HEADER: self.node_id}) as stream:
+                async with asyncio.timeout(self._connect_timeout):
+                    await stream.send_request()
+                    await stream.recv_initial_metadata()
+                if link.stopped():
+                    return
+                headers: Any = stream.initial_metadata or {}
+                remote = headers.get(NODE_HEADER)
+                if remote != link.node_id:
+                    raise ConnectionError(
+                        f"{link.address} answered as node {remote!r}, expected {link.node_id!r}"
+                    )
+                link.state = LinkState.UP
+                log.info("peer %s (%s) up", link.node_id, link.address)
+                self._fire(self._on_up, link.node_id)
+                reader = asyncio.create_task(self._await_end(stream))
+                writer = asyncio.create_task(self._write_loop(link, stream))
+                try:
+                    done, _ = await asyncio.wait({reader, writer},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                finally:
+                    await stop_tasks([reader, writer])
+                await stream.cancel()
         finally:
-            if call is not None:
-                call.cancel()
-            # Shielded: a repeated cancel from stop_task must not leave the
-            # channel half-closed.
-            await asyncio.shield(channel.close())
+            channel.close()
 
     @staticmethod
-    async def _await_end(call: Any) -> None:
+    async def _await_end(stream: Any) -> None:
         # The dialled side never writes; a read returns only when the stream
         # ends or breaks, which is how a silent link notices a dead peer.
-        while (await call.read()) is not grpc.aio.EOF:
+        while (await stream.recv_message()) is not None:
             pass
 
-    async def _write_loop(self, link: _Link, call: Any) -> None:
+    async def _write_loop(self, link: _Link, stream: Any) -> None:
         outbox = link.outbox
         stats = self._stats[link.node_id]
         while True:
@@ -436,7 +373,7 @@ class PeerLinks:
                 await link.wake.wait()
                 continue
             payload = b"".join(chunk.parts)
-            await call.write(
+            await stream.send_message(
                 Batch(from_node=self.node_id, epoch=chunk.epoch, frames=payload, count=chunk.count)
             )
             stats.frames_sent += chunk.count
@@ -446,14 +383,12 @@ class PeerLinks:
 
     # -- incoming ---------------------------------------------------------
 
-    async def serve_stream(self, requests: Any, context: Any) -> None:
+    async def serve_stream(self, stream: Any) -> None:
         """The PeerLink.Link handler body (used by PeerLinkServer)."""
-        headers = dict(context.invocation_metadata() or ())
-        from_node = headers.get(NODE_HEADER)
+        from_node = stream.metadata.get(NODE_HEADER) if stream.metadata else None
         if not from_node:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"missing {NODE_HEADER}")
-            return
-        await context.send_initial_metadata(((NODE_HEADER, self.node_id),))
+            raise GRPCError(Status.INVALID_ARGUMENT, f"missing {NODE_HEADER}")
+        await stream.send_initial_metadata(metadata={NODE_HEADER: self.node_id})
         mine = _Incoming()
         previous = self._incoming.get(from_node)
         if previous is not None:
@@ -462,15 +397,14 @@ class PeerLinks:
         stats = self._stats.setdefault(from_node, LinkStats())
         log.debug("incoming stream from peer %s", from_node)
         try:
-            async for batch in requests:
+            while (batch := await stream.recv_message()) is not None:
                 if mine.superseded:
                     return
                 frames = self._unpack(batch.frames)
                 if len(frames) != batch.count:
                     log.error("peer %s sent a batch of %d frame(s) claiming %d; closing its "
                               "stream", from_node, len(frames), batch.count)
-                    await context.abort(grpc.StatusCode.DATA_LOSS, "frame count mismatch")
-                    return
+                    raise GRPCError(Status.DATA_LOSS, "frame count mismatch")
                 stats.batches_received += 1
                 stats.frames_received += len(frames)
                 callback = self._on_frames
@@ -480,6 +414,10 @@ class PeerLinks:
                     except Exception:
                         log.exception("peer-link on_frames callback failed (peer %s)",
                                       from_node)
+                gate = self._gate() if self._gate is not None else None
+                if gate is not None:
+                    stats.intake_pauses += 1
+                    await gate
         finally:
             if self._incoming.get(from_node) is mine:
                 del self._incoming[from_node]
@@ -505,19 +443,13 @@ class PeerLinks:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, GRPCError):
+        return f"{exc.status.name}: {exc.message}"
     if isinstance(exc, TimeoutError):
         return "handshake timed out"
+    if isinstance(exc, StreamTerminatedError):
+        return f"stream terminated: {exc}"
     return f"{type(exc).__name__}: {exc}"
-
-
-class _Servicer:
-    def __init__(self, links: PeerLinks) -> None:
-        self._links = links
-
-    async def Link(self, requests: Any, context: Any) -> None:
-        await self._links.serve_stream(requests, context)
 
 
 class PeerLinkServer:
@@ -532,17 +464,9 @@ class PeerLinkServer:
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0)."""
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
-        peer_pb2_grpc.add_PeerLinkServicer_to_server(  # type: ignore[no-untyped-call]
-            _Servicer(self._links), server
-        )
-        target = f"[{self._host}]" if ":" in self._host else self._host
-        port = server.add_insecure_port(f"{target}:{self._requested_port}")
-        if not port:
-            raise OSError(f"cannot bind the peer port {self._host}:{self._requested_port}")
-        await server.start()
-        self._server = server
-        self.port = int(port)
+        self._server = await start_server(self._links.serve_stream, self._host,
+                                          self._requested_port)
+        self.port = self._server.port
         log.info("peer link listening on %s:%d", self._host, self.port)
         return self.port
 

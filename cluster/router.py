@@ -19,7 +19,8 @@ Dispatch across nodes (work-conserving, one job per sleeping worker):
   them, one per advertised sleeper, spreading over the nodes that have some;
   it counts a pushed job as running, held for that node (a proxy with
   connection 0);
-* the worker node NOOPs one sleeper per pushed job and keeps the job; a
+* the worker node NOOPs one sleeper per pushed job and keeps the job (the
+  next sleeper too if that one does not GRAB within node.wakeup.WAKE_GRACE); a
   worker's GRAB takes a pushed job before local work and the node tells the
   owner which connection took it (``taken``), so its results, timeout and
   disconnection apply as for any remote worker;
@@ -49,16 +50,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN, packet_type
 from cluster.handoff import Handoff
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
-from node.jobs import Function, JobManager, assignment_packet
+from node import replies as R
+from node.dispatch import Dispatcher
+from node.jobs import Function, JobManager
 from node.session import Session, Slot
 from node.stats import Counters
+from node.wakeup import WakeTracker
 
 log = logging.getLogger("gearmesh.cluster")
 
@@ -127,8 +131,9 @@ class RemoteSession(Session):
         return slot
 
     def fill(self, slot: Slot, data: bytes) -> None:
-        if not self.closed and isinstance(slot, RemoteSlot):
-            self.links.send(self.node_id, [REP, slot.rid, self.conn, data])
+        # Every slot of a proxy comes from its reserve(): a RemoteSlot.
+        if not self.closed:
+            self.links.send(self.node_id, [REP, cast(RemoteSlot, slot).rid, self.conn, data])
 
 
 class _Pushed:
@@ -146,14 +151,38 @@ class _Pushed:
 
 
 class _Pending:
-    __slots__ = ("arg", "kind", "owner", "session", "slot")
+    __slots__ = ("arg", "frame", "kind", "owner", "session", "slot")
 
-    def __init__(self, session: Session, slot: Slot, kind: int, owner: str, arg: bytes) -> None:
+    def __init__(self, session: Session, slot: Slot, kind: int, owner: str, arg: bytes,
+                 frame: list[Any]) -> None:
         self.session = session
         self.slot = slot
         self.kind = kind
         self.owner = owner
         self.arg = arg  # the handle or unique of a status request
+        self.frame = frame  # the request, to send it again elsewhere if its owner is lost
+
+
+class _Relay(Session):
+    """A submit sent again after its owner was lost: its first reply fills the
+    slot the client's connection reserved for the original request (so reply
+    order holds), later output (a foreground job's results) goes to it."""
+
+    __slots__ = ("_slot", "_target")
+    holds_replies = False
+
+    def __init__(self, target: Session, slot: Slot) -> None:
+        super().__init__(target.id, self._deliver, target.peer, target.fd)
+        self._target = target
+        self._slot: Slot | None = slot
+        self.exceptions = target.exceptions
+
+    def _deliver(self, data: bytes) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._target.fill(slot, data)
+        else:
+            self._target.send(data)
 
 
 def _handle_of(data: bytes) -> bytes:
@@ -162,12 +191,13 @@ def _handle_of(data: bytes) -> bytes:
 
 
 class Router:
-    """Implements node.seam.Cluster for one node."""
+    """Implements node.seam.Forwarder and node.seam.ClusterHooks for one node."""
 
-    def __init__(self, node_id: str, manager: JobManager, links: PeerLinks,
-                 counters: Counters) -> None:
+    def __init__(self, node_id: str, manager: JobManager, dispatcher: Dispatcher,
+                 links: PeerLinks, counters: Counters) -> None:
         self.node_id = node_id
         self.m = manager
+        self.dispatcher = dispatcher
         self.links = links
         self.counters = counters
         self.map: PartitionMap | None = None
@@ -203,6 +233,10 @@ class Router:
         self._loop = asyncio.get_running_loop()
         self._tick: asyncio.TimerHandle | None = None
         self._handle_prefix = b"H:"
+        # Wake policy hook (node/wakeup.py): a sleeper woken for a pushed job
+        # that does not GRAB in time may be busy on another node; wake the next.
+        self._push_wakes: WakeTracker[Session, bytes] = WakeTracker(
+            self._loop, self._push_wake_expired)
 
     # ------------------------------------------------------------------ map
 
@@ -264,13 +298,11 @@ class Router:
         frame[1] = rid
         if not self.links.send(owner, frame):
             return False
-        self._pending[rid] = _Pending(s, s.reserve(), kind, owner, arg)
+        self._pending[rid] = _Pending(s, s.reserve(), kind, owner, arg, frame)
         self._contacted.setdefault(s.id, set()).add(owner)
         return True
 
     def forward_submit(self, s: Session, ptype: int, args: tuple[bytes, ...]) -> bool:
-        if isinstance(s, RemoteSession):
-            return False  # the sender routed it to us: we are its owner
         unique = args[1]
         if unique == b"-":
             key = args[-1]
@@ -290,8 +322,6 @@ class Router:
 
     def forward_handle(self, s: Session, ptype: int, args: tuple[bytes, ...],
                        handle: bytes) -> bool:
-        if isinstance(s, RemoteSession):
-            return False
         owner = self._owner_of_handle(handle)
         if owner is None:
             return False
@@ -306,7 +336,7 @@ class Router:
         return True
 
     def forward_unique(self, s: Session, args: tuple[bytes, ...], unique: bytes) -> bool:
-        if isinstance(s, RemoteSession) or not unique or unique == b"-":
+        if not unique or unique == b"-":
             return False
         owner = self.owner_of(unique)
         if owner is None:
@@ -316,8 +346,9 @@ class Router:
                              unique)
 
     def grab(self, s: Session, kind: int) -> bool:
+        self._push_wakes.answered(s)
         pushed = self._pushed
-        if not pushed or isinstance(s, RemoteSession):
+        if not pushed:
             return False
         for fn, timeout in s.regs:
             q = pushed.get(fn.name)
@@ -338,7 +369,7 @@ class Router:
                     # per job), or when the worker goes away. Only a timeout
                     # needs the owner to know at once.
                     self._untold.setdefault(s.id, {})[p.handle] = p.owner
-                s.send(assignment_packet(kind, p.handle, p.name, p.unique, p.reducer,
+                s.send(R.assignment_packet(kind, p.handle, p.name, p.unique, p.reducer,
                                          p.payload))
                 return True
         return False
@@ -357,8 +388,7 @@ class Router:
         return bool(pushed) and any(fn.name in pushed for fn, _ in s.regs)
 
     def detached(self, s: Session) -> None:
-        if isinstance(s, RemoteSession):
-            return
+        self._push_wakes.answered(s)
         untold = self._untold.pop(s.id, None)
         if untold:
             # Before "gone", so the owner requeues these jobs too.
@@ -416,7 +446,7 @@ class Router:
             if job is not None and job.worker is proxy:
                 freed = job.fn
         try:
-            self.m.handle(proxy, ptype, tuple(args))
+            self.dispatcher.handle_local(proxy, ptype, tuple(args))
         except Exception:
             log.exception("forwarded packet %d from %s failed", ptype, node_id)
             if proxy.rid:  # the entry node still waits for an answer
@@ -603,8 +633,9 @@ class Router:
         # awake workers.
         if fn is None:
             hold = 0.0
-        elif self.m.wake_sleepers(name, 1):
+        elif woken := self.m.wake_sleepers(name, 1):
             hold = PUSH_HOLD
+            self._push_wakes.sent(woken[0], name)
         elif (len(q) if q else 0) < fn.workers - len(fn.sleepers):
             hold = PUSH_HOLD_AWAKE
             if self._short is None:
@@ -618,6 +649,18 @@ class Router:
                     bytes(payload), time.monotonic() + hold)
         self._pushed.setdefault(name, deque()).append(p)
         self._arm_tick()
+
+    def _push_wake_expired(self, s: Session, name: bytes) -> None:
+        """Wake policy hook: the sleeper woken for a pushed job did not GRAB
+        in time; if a pushed job still waits, wake the next sleeper and give
+        the job the time that one needs."""
+        q = self._pushed.get(name)
+        if not q:
+            return
+        woken = self.m.wake_sleepers(name, 1)
+        if woken:
+            self._push_wakes.sent(woken[0], name)
+            q[0].until = max(q[0].until, time.monotonic() + 2 * self._push_wakes.grace)
 
     def _expire_pushed(self) -> None:
         """Pushed jobs no worker took in time go back to their owner."""
@@ -690,8 +733,8 @@ class Router:
         (cluster/handoff.py); how many were sent."""
         return self.handoff.start(self.map)
 
-    async def hand_off_all(self, timeout: float) -> tuple[int, int]:
-        """Drain: (jobs handed over, background jobs still here)."""
+    async def hand_off_all(self, timeout: float) -> tuple[int, int, str]:
+        """Drain: (jobs handed over, queued background jobs still here, why)."""
         return await self.handoff.drain(lambda: self.map, timeout)
 
     # ------------------------------------------------------------------ failures
@@ -702,10 +745,15 @@ class Router:
         for key in [k for k in self._proxies if k[0] == node_id]:
             proxy = self._proxies.pop(key)
             self.m.detach(proxy)
-        # Entry side: requests in flight get an answer now.
+        # Entry side: requests in flight get an answer now. A submit is not
+        # the client's problem: it goes to the key's owner under the current
+        # map (or is run here), as if it had just arrived.
         for rid in [r for r, p in self._pending.items() if p.owner == node_id]:
             p = self._pending.pop(rid)
-            p.session.fill(p.slot, self._failure_reply(p))
+            if p.kind in (K_SUBMIT_FG, K_SUBMIT_BG) and not p.session.closed:
+                self._resubmit(p)
+            else:
+                p.session.fill(p.slot, self._failure_reply(p))
         for conn, waiting in self._listening.items():
             lost = [h for h, owner in waiting.items() if owner == node_id]
             if not lost:
@@ -734,16 +782,27 @@ class Router:
         for owners in self._contacted.values():
             owners.discard(node_id)
 
+    def _resubmit(self, p: _Pending) -> None:
+        self.counters.rerouted += 1
+        relay = _Relay(p.session, p.slot)
+        ptype, args = p.frame[4], tuple(p.frame[5])
+        try:
+            self.dispatcher.handle(relay, ptype, args)
+        except Exception:
+            log.exception("resubmitting a request of lost node %s failed", p.owner)
+            relay.send(P.error_packet(b"SERVER_ERROR", b"Internal error"))
+
     @staticmethod
     def _failure_reply(p: _Pending) -> bytes:
         # Unknown: the node that held it is gone.
         if p.kind == K_STATUS:
-            return P.packet(P.STATUS_RES, p.arg + b"\x000\x000\x000\x000")
+            return R.unknown_status(p.arg)
         if p.kind == K_STATUS_UNIQUE:
-            return P.packet(P.STATUS_RES_UNIQUE, p.arg + b"\x000\x000\x000\x000\x000")
+            return R.unknown_status_unique(p.arg)
         return P.error_packet(b"QUEUE_ERROR", f"owner node {p.owner} is unreachable".encode())
 
     def close(self) -> None:
+        self._push_wakes.close()
         for timer in (self._tick, self._late, self._refresh, self._short):
             if timer is not None:
                 timer.cancel()

@@ -18,7 +18,7 @@ import ssl
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
-from node.config import ConfigError, NodeConfig, add_serve_arguments, config_from_args
+from node.config import NodeConfig, add_serve_arguments, config_from_args
 from node.store import StoreError
 
 if TYPE_CHECKING:
@@ -54,13 +54,13 @@ def build_parser() -> Parser:
                        description="Load-test any Gearman server or cluster.")
     if hasattr(bench, "add_arguments"):
         bench.add_arguments(b)
+    from gearmesh.status import add_source_arguments
     st = sub.add_parser("status", help="cluster-wide view: functions, nodes, workers")
-    st.add_argument("--etcd", default=os.environ.get("GEARMESH_ETCD"),
-                    help="etcd endpoints (or GEARMESH_ETCD)")
-    st.add_argument("--etcd-prefix", default=os.environ.get("GEARMESH_ETCD_PREFIX", "/gearmesh"))
-    st.add_argument("--servers", default=None,
-                    help="host:port list to ask instead of etcd (per-node admin status)")
-    st.add_argument("--json", action="store_true")
+    add_source_arguments(st)
+    st.add_argument("--json", action="store_true", help="the /api/status JSON")
+    top = sub.add_parser("top", help="live cluster view in the terminal (q quits)")
+    add_source_arguments(top)
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     return p
 
 
@@ -141,7 +141,12 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None,
     if cfg.etcd:
         # Attached (not started) now, so /readyz waits for the cluster join.
         from cluster.attach import attach_cluster
-        node.extensions.append(attach_cluster(node, cfg))
+        from cluster.views import ClusterViews
+        ext = attach_cluster(node, cfg)
+        node.extensions.append(ext)
+        # The HTTP API's view of the other nodes (node/ cannot import cluster/).
+        node.cluster_views = ClusterViews(cfg.effective_node_id, lambda: ext.membership,
+                                          ext.links)
     try:
         node.open_store()
     except StoreError as e:
@@ -193,8 +198,12 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None,
     if cfg.pid_file:
         with contextlib.suppress(OSError):
             os.unlink(cfg.pid_file)
-    log.warning("gearmesh node stopped")
-    return 0
+    if node.exit_status:
+        log.error("gearmesh node stopped with jobs it should have handed over (exit %d)",
+                  node.exit_status)
+    else:
+        log.warning("gearmesh node stopped")
+    return node.exit_status
 
 
 def _chown_tree(path: os.PathLike[str] | str, user: str) -> None:
@@ -229,10 +238,7 @@ def load_security(cfg: NodeConfig) -> tuple[ssl.SSLContext | None, ACL | None]:
 
 
 def serve(ns: argparse.Namespace) -> int:
-    try:
-        cfg = config_from_args(ns)
-    except ConfigError as e:
-        fail(str(e))
+    cfg = config_from_args(ns)
     cfg.data_dir = cfg.data_dir.absolute()
     _check_user(cfg.user)
     if cfg.etcd and cfg.job_handle_prefix:
@@ -275,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "status":
         from gearmesh.status import run_status
         return run_status(ns)
+    if ns.command == "top":
+        from gearmesh.top import run_top
+        return run_top(ns)
     return 2
 
 

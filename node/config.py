@@ -12,10 +12,6 @@ from pathlib import Path
 LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
 
 
-class ConfigError(Exception):
-    pass
-
-
 @dataclass
 class NodeConfig:
     port: int = 4730
@@ -41,8 +37,12 @@ class NodeConfig:
     max_queue: int = 0
     max_output_buffer: int = 16 * 1024 * 1024
     grace: float = 30.0
+    store_backlog: int = 50_000
+    peer_outbox: int = 8 * 1024 * 1024
+    max_loop_lag: float = 0.5
     http_port: int = 4732
     http_listen: str | None = None
+    http_actions: str = "on"  # the dashboard's cancel button (POST /api/jobs/cancel)
     etcd: str | None = None
     etcd_prefix: str = "/gearmesh"
     node_id: str | None = None
@@ -134,6 +134,30 @@ def _nonneg(value: str) -> int:
     return n
 
 
+def _positive(value: str) -> int:
+    n = _nonneg(value)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2: {value!r}")
+    return n
+
+
+def _positive_size(value: str) -> int:
+    n = _size(value)
+    if n < 4096:
+        raise argparse.ArgumentTypeError(f"must be at least 4K: {value!r}")
+    return n
+
+
+def _nonneg_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value!r}")
+    return x
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = NodeConfig()
     g = p.add_argument_group("gearmand-compatible")
@@ -177,10 +201,19 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                      help="unread replies that get a connection closed (16M)")
     lim.add_argument("--grace", type=float, default=d.grace,
                      help="seconds SIGTERM waits for running jobs (30)")
+    bp = p.add_argument_group("back-pressure (submitting connections stop being read)")
+    bp.add_argument("--store-backlog", type=_positive, default=d.store_backlog,
+                    help="jobs waiting for the store's commit (50000); resume at half")
+    bp.add_argument("--peer-outbox", type=_positive_size, default=d.peer_outbox,
+                    help="bytes queued for one peer node (8M); resume at a quarter")
+    bp.add_argument("--max-loop-lag", type=_nonneg_float, default=d.max_loop_lag,
+                    help="event-loop lag in seconds (0.5; 0 = ignore the lag)")
     h = p.add_argument_group("http")
     h.add_argument("--http-port", type=_port, default=d.http_port,
                    help="/healthz /readyz /metrics port; 0 disables (4732)")
     h.add_argument("--http-listen", default=None, help="address for HTTP (--listen)")
+    h.add_argument("--http-actions", choices=("on", "off"), default=d.http_actions,
+                   help="allow cancelling queued jobs from the dashboard/API (on)")
     c = p.add_argument_group("cluster")
     c.add_argument("--etcd", default=None, help="etcd endpoints, comma-separated")
     c.add_argument("--etcd-prefix", default=d.etcd_prefix)

@@ -3,7 +3,8 @@
 Thin on purpose. It owns flow control: while the peer does not read its
 replies the connection stops reading its requests, and a peer whose unread
 output passes the hard limit is disconnected rather than allowed to grow the
-node's memory without bound.
+node's memory without bound. A connection that submits also stops being read
+while the node is saturated (node/flowcontrol.py decides when).
 """
 
 from __future__ import annotations
@@ -11,30 +12,62 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from node import protocol as P
+from node.admin import Admin
+from node.config import NodeConfig
+from node.dispatch import Dispatcher
+from node.flowcontrol import FlowControl
 from node.guard import Guard
+from node.jobs import JobManager
 from node.session import Session
+from node.stats import Counters
 
-if TYPE_CHECKING:
-    from node.server import Node
+_SUBMITS = frozenset({P.SUBMIT_JOB, P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH, P.SUBMIT_JOB_HIGH_BG,
+                      P.SUBMIT_JOB_LOW, P.SUBMIT_JOB_LOW_BG, P.SUBMIT_JOB_SCHED,
+                      P.SUBMIT_JOB_EPOCH, P.SUBMIT_REDUCE_JOB,
+                      P.SUBMIT_REDUCE_JOB_BACKGROUND})
 
 log = logging.getLogger("gearmesh.connection")
 
 
-class GearmanConnection(asyncio.Protocol):
-    __slots__ = ("_admin_only", "_decoder", "_flush_scheduled", "_node", "_out", "_paused",
-                 "_transport", "guard", "session")
+class ConnectionHost(Protocol):
+    """What a connection needs of its node (node.server.Node implements it);
+    a protocol, so this module does not import the server that imports it."""
 
-    def __init__(self, node: Node, admin_only: bool = False) -> None:
+    config: NodeConfig
+    counters: Counters
+    loop: asyncio.AbstractEventLoop
+    manager: JobManager
+    dispatcher: Dispatcher
+    admin: Admin
+    flow: FlowControl
+
+    def new_session_id(self) -> int: ...
+
+    def check_store(self) -> None: ...
+
+    def admit(self, conn: GearmanConnection) -> bool: ...
+
+    def release(self, conn: GearmanConnection) -> None: ...
+
+    def guard_for(self, transport: asyncio.BaseTransport, admin_only: bool) -> Guard | None: ...
+
+
+class GearmanConnection(asyncio.Protocol):
+    __slots__ = ("_admin_only", "_decoder", "_fed_paused", "_flush_scheduled", "_node", "_out",
+                 "_paused", "_transport", "guard", "session")
+
+    def __init__(self, node: ConnectionHost, admin_only: bool = False) -> None:
         self._node = node
         self._admin_only = admin_only
         # Consulted before any request is handled; None when nothing is checked.
         self.guard: Guard | None = None
         self._decoder = P.Decoder(node.config.max_packet)
         self._transport: asyncio.Transport | None = None
-        self._paused = False
+        self._paused = False  # the peer does not read our replies
+        self._fed_paused = False  # the node is saturated and we feed it
         # Output is gathered and written once per batch of input (or per loop
         # iteration for output other connections cause): one send() for many
         # replies instead of one each, which is most of a small reply's cost.
@@ -65,7 +98,7 @@ class GearmanConnection(asyncio.Protocol):
         self.session = Session(node.new_session_id(), self._write, ip, fd)
         self.session.flush = self._flush
         self.guard = node.guard_for(transport, self._admin_only)
-        node.manager.attach(self.session)
+        node.dispatcher.attach(self.session)
 
     def _write(self, data: bytes) -> None:
         self._out.append(data)
@@ -94,8 +127,9 @@ class GearmanConnection(asyncio.Protocol):
         s = self.session
         if s is None:
             return
-        handlers = self._node.manager.handlers
+        handlers = self._node.dispatcher.handlers
         guard = self.guard
+        submitted = False
         for ev in self._decoder.feed(data):
             ptype = ev[0]
             if ptype > 0:
@@ -105,6 +139,8 @@ class GearmanConnection(asyncio.Protocol):
                         if refusal:
                             s.send(refusal)
                         continue
+                if ptype in _SUBMITS:
+                    submitted = True
                 try:
                     handlers[ptype](s, ev[1])
                 except Exception:
@@ -129,6 +165,21 @@ class GearmanConnection(asyncio.Protocol):
                     return
         if self._out:
             self._flush()  # replies leave now, not a loop iteration later
+        if submitted and not s.regs:
+            self._node.check_store()
+            self._node.flow.feeding(self)
+        elif s.regs and self._node.flow.is_feeder(self):
+            self._node.flow.not_feeding(self)  # a worker: it must always be read
+
+    def pause_feeding(self) -> None:
+        self._fed_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_feeding(self) -> None:
+        self._fed_paused = False
+        if not self._paused and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def _close(self) -> None:
         self._flush()
@@ -143,7 +194,8 @@ class GearmanConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._transport is not None and not self._transport.is_closing():
+        if (not self._fed_paused and self._transport is not None
+                and not self._transport.is_closing()):
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -151,5 +203,6 @@ class GearmanConnection(asyncio.Protocol):
         self._transport = None
         if s is not None:
             self.session = None
-            self._node.manager.detach(s)
+            self._node.dispatcher.detach(s)
+        self._node.flow.not_feeding(self)
         self._node.release(self)

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from node import protocol as P
-from node.seam import Cluster
+from node import replies as R
+from node.clock import Clock, TimerHandle
+from node.seam import ClusterHooks
 from node.session import Session, Slot
-from node.stats import Counters, FunctionStat
+from node.stats import Counters, FunctionStat, JobSnapshot, WorkerSnapshot
 from node.store import MemoryStore, Store, StoredJob
+from node.wakeup import WakeTracker
 
 log = logging.getLogger("gearmesh.jobs")
 
@@ -36,18 +40,6 @@ QUEUED: Final = 1
 DELAYED: Final = 2  # epoch job whose time has not come
 RUNNING: Final = 3
 GONE: Final = 4  # completed, failed, cancelled or abandoned
-
-
-class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    def time(self) -> float:
-        """Wall-clock seconds (epoch jobs are in Unix time)."""
-        ...
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
 
 
 @dataclass(slots=True)
@@ -83,8 +75,9 @@ class Function:
 
 
 class Job:
-    __slots__ = ("bg", "den", "fn", "id", "listeners", "num", "payload", "priority", "reducer",
-                 "retries", "state", "stored", "timer", "unique", "waiters", "when", "worker")
+    __slots__ = ("bg", "created", "den", "fn", "id", "listeners", "num", "payload", "priority",
+                 "reducer", "retries", "state", "stored", "timer", "unique", "waiters", "when",
+                 "worker")
 
     def __init__(self, jid: int, fn: Function, unique: bytes, payload: bytes, priority: int,
                  bg: bool, when: int, reducer: bytes) -> None:
@@ -106,6 +99,7 @@ class Job:
         self.waiters: list[tuple[Session, Slot]] | None = None
         self.timer: TimerHandle | None = None
         self.stored = False
+        self.created = time.time()  # for the age the dashboard shows
 
     @property
     def function(self) -> bytes:
@@ -132,41 +126,8 @@ def c_atoi(text: bytes) -> int:
     return sign * n
 
 
-def assignment_packet(kind: int, handle: bytes, fn: bytes, unique: bytes, reducer: bytes,
-                      payload: bytes) -> bytes:
-    """JOB_ASSIGN, JOB_ASSIGN_UNIQ or JOB_ASSIGN_ALL, as the worker's grab asked."""
-    if kind == P.JOB_ASSIGN:
-        return P.packet(P.JOB_ASSIGN, b"%s\0%s\0%s" % (handle, fn, payload))
-    if kind == P.JOB_ASSIGN_ALL and reducer:
-        return P.packet(P.JOB_ASSIGN_ALL, b"%s\0%s\0%s\0%s\0%s" % (
-            handle, fn, unique, reducer, payload))
-    return P.packet(P.JOB_ASSIGN_UNIQ, b"%s\0%s\0%s\0%s" % (handle, fn, unique, payload))
-
-
 def _u32(n: int) -> int:
     return n & 0xFFFFFFFF
-
-
-_SUBMITS: Final = {
-    P.SUBMIT_JOB: (NORMAL, False),
-    P.SUBMIT_JOB_HIGH: (HIGH, False),
-    P.SUBMIT_JOB_LOW: (LOW, False),
-    P.SUBMIT_JOB_BG: (NORMAL, True),
-    P.SUBMIT_JOB_HIGH_BG: (HIGH, True),
-    P.SUBMIT_JOB_LOW_BG: (LOW, True),
-}
-
-_NOT_FOUND_DATA: Final = P.error_packet(b"JOB_NOT_FOUND", b"Job does not exist on server")
-_NOT_FOUND_RESULT: Final = P.error_packet(b"JOB_NOT_FOUND", b"Job given in work result not found")
-_NOT_FOUND_EXC: Final = P.error_packet(
-    b"JOB_NOT_FOUND", b"An exception was received for a job that does not exist")
-_HANDLE_TOO_LARGE: Final = P.error_packet(
-    b"ARGUMENT_TOO_LARGE",
-    b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf")
-_UNIQUE_TOO_LARGE: Final = P.error_packet(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
-_QUEUE_FULL: Final = P.error_packet(b"QUEUE_ERROR", b"Job queue is full")
-_UNKNOWN_OPTION: Final = P.error_packet(b"UNKNOWN_OPTION",
-                                        b"Server does not recognize given option")
 
 
 class JobManager:
@@ -185,35 +146,11 @@ class JobManager:
         self._delay_timer: TimerHandle | None = None
         self._delay_at = 0.0
         self.on_idle: Callable[[], None] | None = None  # called when the last job leaves
-        self.cluster: Cluster | None = None  # set by the cluster layer; None = standalone
+        self.cluster: ClusterHooks | None = None  # set by the cluster layer; None = standalone
         self._cancelled: set[int] = set()  # running jobs cancelled, until their worker is done
-        handlers: list[Callable[[Session, tuple[bytes, ...]], None]] = [self._invalid] * 43
-        for ptype, (prio, bg) in _SUBMITS.items():
-            handlers[ptype] = self._routed(ptype, self._submit_handler(prio, bg))
-        handlers[P.SUBMIT_JOB_EPOCH] = self._routed(P.SUBMIT_JOB_EPOCH, self._submit_epoch)
-        handlers[P.SUBMIT_REDUCE_JOB] = self._routed(P.SUBMIT_REDUCE_JOB, self._submit_reduce)
-        handlers[P.SUBMIT_REDUCE_JOB_BACKGROUND] = self._routed(
-            P.SUBMIT_REDUCE_JOB_BACKGROUND, self._submit_reduce_bg)
-        handlers[P.CAN_DO] = self._can_do
-        handlers[P.CAN_DO_TIMEOUT] = self._can_do_timeout
-        handlers[P.CANT_DO] = self._cant_do
-        handlers[P.RESET_ABILITIES] = self._reset_abilities
-        handlers[P.PRE_SLEEP] = self._pre_sleep
-        handlers[P.GRAB_JOB] = self._grab_job
-        handlers[P.GRAB_JOB_UNIQ] = self._grab_job_uniq
-        handlers[P.GRAB_JOB_ALL] = self._grab_job_all
-        handlers[P.WORK_STATUS] = self._work_status
-        handlers[P.WORK_DATA] = self._work_data
-        handlers[P.WORK_WARNING] = self._work_warning
-        handlers[P.WORK_COMPLETE] = self._work_complete
-        handlers[P.WORK_FAIL] = self._work_fail
-        handlers[P.WORK_EXCEPTION] = self._work_exception
-        handlers[P.GET_STATUS] = self._get_status
-        handlers[P.GET_STATUS_UNIQUE] = self._get_status_unique
-        handlers[P.ECHO_REQ] = self._echo
-        handlers[P.OPTION_REQ] = self._option
-        handlers[P.SET_CLIENT_ID] = self._set_client_id
-        self.handlers = handlers
+        # Wake policy hook (node/wakeup.py): a counted NOOP not answered by a
+        # GRAB in time counts as not sent, and the next sleeper is woken.
+        self.wakes: WakeTracker[Session, None] = WakeTracker(clock, self._wake_expired)
 
     # ------------------------------------------------------------------ sessions
 
@@ -231,8 +168,6 @@ class JobManager:
         for fn, _ in s.regs:
             fn.workers -= 1
         s.regs = []
-        if self.cluster is not None:
-            self.cluster.detached(s)
         for job in list(s.held):
             self._requeue(job)
         s.held.clear()
@@ -248,9 +183,6 @@ class JobManager:
             for fn in woken:
                 if fn.queued > fn.waking and (fn.sleepers or self.cluster is not None):
                     self._ensure_awake(fn)
-
-    def handle(self, s: Session, ptype: int, args: tuple[bytes, ...]) -> None:
-        self.handlers[ptype](s, args)
 
     # ------------------------------------------------------------------ helpers
 
@@ -273,44 +205,17 @@ class JobManager:
             fn = self.functions[name] = Function(name)
         return fn
 
-    def _invalid(self, s: Session, args: tuple[bytes, ...]) -> None:
-        s.send(P.ERR_INVALID_COMMAND)
+    def is_local_handle(self, handle: bytes) -> bool:
+        """Whether ``handle`` has this node's prefix (it may name no job)."""
+        return handle.startswith(self.prefix)
 
     # ------------------------------------------------------------------ submits
-
-    def _routed(self, ptype: int, local: Callable[[Session, tuple[bytes, ...]], None]
-                ) -> Callable[[Session, tuple[bytes, ...]], None]:
-        """A submit goes to the node owning its key; jobs with an empty unique
-        cannot coalesce, so they stay where they were submitted."""
-        def handler(s: Session, args: tuple[bytes, ...]) -> None:
-            cluster = self.cluster
-            if cluster is None or not args[1] or not cluster.forward_submit(s, ptype, args):
-                local(s, args)
-        return handler
-
-    def _submit_handler(self, prio: int, bg: bool) -> Callable[[Session, tuple[bytes, ...]], None]:
-        def handler(s: Session, args: tuple[bytes, ...]) -> None:
-            self.submit(s, args[0], args[1], args[2], prio, bg)
-        return handler
-
-    def _submit_epoch(self, s: Session, args: tuple[bytes, ...]) -> None:
-        when = c_atoi(args[2])
-        if not -(2**63) <= when < 2**63:
-            s.send(P.error_packet(b"INVALID_ARGUMENT", b"Epoch time out of range"))
-            return
-        self.submit(s, args[0], args[1], args[3], NORMAL, True, max(when, 0))
-
-    def _submit_reduce(self, s: Session, args: tuple[bytes, ...]) -> None:
-        self.submit(s, args[0], args[1], args[4], NORMAL, False, 0, args[2])
-
-    def _submit_reduce_bg(self, s: Session, args: tuple[bytes, ...]) -> None:
-        self.submit(s, args[0], args[1], args[4], NORMAL, True, 0, args[2])
 
     def submit(self, s: Session, name: bytes, unique: bytes, payload: bytes, priority: int,
                bg: bool, when: int = 0, reducer: bytes = b"") -> Job | None:
         if len(unique) > self.config.max_unique:
             self.counters.rejected += 1
-            s.send(_UNIQUE_TOO_LARGE)
+            s.send(R.UNIQUE_TOO_LARGE)
             return None
         fn = self.functions.get(name) or self.function(name)
         index: dict[bytes, Job] | None = None
@@ -331,7 +236,7 @@ class JobManager:
         if (limit and fn.total >= limit) or (
                 self.config.max_jobs and len(self.jobs) >= self.config.max_jobs):
             self.counters.rejected += 1
-            s.send(_QUEUE_FULL)
+            s.send(R.QUEUE_FULL)
             return None
         jid = self.next_id
         self.next_id = jid + 1
@@ -458,17 +363,6 @@ class JobManager:
 
     # ------------------------------------------------------------------ workers
 
-    def _can_do(self, s: Session, args: tuple[bytes, ...]) -> None:
-        self.register(s, args[0], 0)
-
-    def _can_do_timeout(self, s: Session, args: tuple[bytes, ...]) -> None:
-        ms = c_atoi(args[1][:20])
-        if ms <= 0:
-            ms = 0
-        elif ms < 1000:
-            ms = 1000  # gearmand's floor
-        self.register(s, args[0], min(ms, 2**31))
-
     def register(self, s: Session, name: bytes, timeout_ms: int) -> None:
         fn = self.function(name)
         s.regs.insert(0, (fn, timeout_ms))
@@ -482,14 +376,7 @@ class JobManager:
                 # gearmand leaves it asleep; a NOOP is always safe to send.
                 self._ensure_awake(fn)
 
-    def _cant_do(self, s: Session, args: tuple[bytes, ...]) -> None:
-        name = args[0]
-        self._unregister(s, lambda fn: fn.name == name)
-
-    def _reset_abilities(self, s: Session, args: tuple[bytes, ...]) -> None:
-        self._unregister(s, lambda fn: True)
-
-    def _unregister(self, s: Session, match: Callable[[Function], bool]) -> None:
+    def unregister(self, s: Session, match: Callable[[Function], bool]) -> None:
         woken = self._unwake(s)
         keep = []
         for fn, t in s.regs:
@@ -505,14 +392,17 @@ class JobManager:
             self._requeue(job)
         self._pass_wakes_on(woken)
 
-    def _pre_sleep(self, s: Session, args: tuple[bytes, ...]) -> None:
+    def pre_sleep(self, s: Session,
+                  remote_work: Callable[[Session], bool] | None = None) -> None:
+        """PRE_SLEEP; ``remote_work`` says whether a job another node pushed
+        here waits for one of s's functions (node/dispatch.py asks the cluster)."""
         for fn, _ in s.regs:
             if fn.queued:
                 if not s.noop_sent:
                     self._wake(s)
                 return
         cluster = self.cluster
-        if cluster is not None and cluster.remote_work(s):
+        if remote_work is not None and remote_work(s):
             if not s.noop_sent:
                 self._wake(s)
             return
@@ -556,7 +446,24 @@ class JobManager:
             for fn in woken:
                 fn.waking += 1
             s.woken = woken
+            self.wakes.sent(s, None)
+        self.counters.noops_sent += 1
         s.send(P.NOOP_PACKET)
+
+    def _wake_expired(self, s: Session, _: None) -> None:
+        """Wake policy hook: its NOOP led to no GRAB in time (the process may be
+        busy with another server's job), so the jobs it was woken for stop
+        counting on it. It keeps noop_sent (its NOOP is still on the way), so
+        it is never NOOPed twice; its GRAB, when it comes, is served as usual."""
+        woken = s.woken
+        if woken is None:
+            return
+        for fn in woken:
+            fn.waking -= 1
+        s.woken = None
+        for fn in woken:
+            if fn.queued > fn.waking:
+                self._ensure_awake(fn)
 
     def _unwake(self, s: Session) -> list[Function] | None:
         woken = s.woken
@@ -564,6 +471,7 @@ class JobManager:
             for fn in woken:
                 fn.waking -= 1
             s.woken = None
+            self.wakes.answered(s)
         s.noop_sent = False
         return woken
 
@@ -576,23 +484,16 @@ class JobManager:
         if self.cluster is not None and fn.queued > fn.waking:
             self.cluster.unserved(fn, fn.queued - fn.waking)
 
-    def _grab_job(self, s: Session, args: tuple[bytes, ...]) -> None:
-        self.grab(s, P.JOB_ASSIGN)
-
-    def _grab_job_uniq(self, s: Session, args: tuple[bytes, ...]) -> None:
-        self.grab(s, P.JOB_ASSIGN_UNIQ)
-
-    def _grab_job_all(self, s: Session, args: tuple[bytes, ...]) -> None:
-        self.grab(s, P.JOB_ASSIGN_ALL)
-
-    def grab(self, s: Session, kind: int) -> Job | None:
+    def grab(self, s: Session, kind: int,
+             pushed: Callable[[Session, int], bool] | None = None) -> Job | None:
+        """GRAB_JOB*; ``pushed`` assigns s a job another node pushed here, if
+        one waits (node/dispatch.py passes the cluster's)."""
         if s.asleep:
             self._stop_sleeping(s)
         woken = self._unwake(s) if s.noop_sent else None
-        cluster = self.cluster
         # A job another node pushed here was sent because a worker slept here,
         # and its owner counts it as running: it goes before local work.
-        if cluster is not None and cluster.grab(s, kind):
+        if pushed is not None and pushed(s, kind):
             job = None
         else:
             job = self._take(s)
@@ -601,7 +502,7 @@ class JobManager:
         return job
 
     def assignment(self, job: Job, kind: int) -> bytes:
-        return assignment_packet(kind, self.prefix + str(job.id).encode(), job.fn.name,
+        return R.assignment_packet(kind, self.prefix + str(job.id).encode(), job.fn.name,
                                  job.unique, job.reducer, job.payload)
 
     def _take(self, s: Session) -> Job | None:
@@ -781,15 +682,14 @@ class JobManager:
 
     # ------------------------------------------------------------------ results
 
-    def _held(self, s: Session, ptype: int, args: tuple[bytes, ...], handle: bytes,
-              not_found: bytes) -> Job | None:
-        """The job this worker holds under ``handle``; otherwise the result is
-        forwarded to the node that owns the handle, or the worker is told."""
+    def _held(self, s: Session, handle: bytes, not_found: bytes) -> Job | None:
+        """The job this worker holds under ``handle``; otherwise the worker is
+        told. (A handle of another node's job never gets here: node/dispatch.py
+        forwards it.)"""
         job = self.job_by_handle(handle)
         if job is not None and job.worker is s:
             return job
-        if not self._remote(s, ptype, args, handle):
-            s.send(not_found)
+        s.send(not_found)
         return None
 
     def _broadcast(self, job: Job, data: bytes) -> None:
@@ -798,13 +698,8 @@ class JobManager:
             for c in listeners:
                 c.send(data)
 
-    def _remote(self, s: Session, ptype: int, args: tuple[bytes, ...], handle: bytes) -> bool:
-        cluster = self.cluster
-        return (cluster is not None and not handle.startswith(self.prefix)
-                and cluster.forward_handle(s, ptype, args, handle))
-
-    def _work_status(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, P.WORK_STATUS, args, args[0], _NOT_FOUND_RESULT)
+    def work_status(self, s: Session, args: tuple[bytes, ...]) -> None:
+        job = self._held(s, args[0], R.NOT_FOUND_RESULT)
         if job is None:
             return
         job.num = _u32(c_atoi(args[1]))
@@ -812,22 +707,22 @@ class JobManager:
         if job.listeners:
             self._broadcast(job, P.packet(P.WORK_STATUS, b"\0".join(args)))
 
-    def _work_data(self, s: Session, args: tuple[bytes, ...]) -> None:
+    def work_data(self, s: Session, args: tuple[bytes, ...]) -> None:
         self._forward(s, args, P.WORK_DATA)
 
-    def _work_warning(self, s: Session, args: tuple[bytes, ...]) -> None:
+    def work_warning(self, s: Session, args: tuple[bytes, ...]) -> None:
         self._forward(s, args, P.WORK_WARNING)
 
     def _forward(self, s: Session, args: tuple[bytes, ...], ptype: int) -> None:
         # Forwarded as they came; nothing is stored.
-        job = self._held(s, ptype, args, args[0], _NOT_FOUND_DATA)
+        job = self._held(s, args[0], R.NOT_FOUND_DATA)
         if job is None:
             return
         if job.listeners:
             self._broadcast(job, P.packet(ptype, args[0] + b"\0" + args[1]))
 
-    def _work_complete(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, P.WORK_COMPLETE, args, args[0], _NOT_FOUND_RESULT)
+    def work_complete(self, s: Session, args: tuple[bytes, ...]) -> None:
+        job = self._held(s, args[0], R.NOT_FOUND_RESULT)
         if job is None:
             return
         self._finish(job)
@@ -836,13 +731,13 @@ class JobManager:
             self._broadcast(job, P.packet(P.WORK_COMPLETE, args[0] + b"\0" + args[1]))
             self._release_listeners(job)
 
-    def _work_fail(self, s: Session, args: tuple[bytes, ...]) -> None:
+    def work_fail(self, s: Session, args: tuple[bytes, ...]) -> None:
         raw = args[0]
         handle = raw.split(b"\0", 1)[0]
         if len(handle) >= 64:
-            s.send(_HANDLE_TOO_LARGE)
+            s.send(R.HANDLE_TOO_LARGE)
             return
-        job = self._held(s, P.WORK_FAIL, args, handle, _NOT_FOUND_RESULT)
+        job = self._held(s, handle, R.NOT_FOUND_RESULT)
         if job is None:
             return
         self._finish(job)
@@ -851,8 +746,8 @@ class JobManager:
             self._broadcast(job, P.packet(P.WORK_FAIL, raw))
             self._release_listeners(job)
 
-    def _work_exception(self, s: Session, args: tuple[bytes, ...]) -> None:
-        job = self._held(s, P.WORK_EXCEPTION, args, args[0], _NOT_FOUND_EXC)
+    def work_exception(self, s: Session, args: tuple[bytes, ...]) -> None:
+        job = self._held(s, args[0], R.NOT_FOUND_EXC)
         if job is None:
             return
         self._finish(job)
@@ -1000,31 +895,56 @@ class JobManager:
     def job_count(self) -> int:
         return len(self.jobs)
 
-    # ------------------------------------------------------------------ status & misc
+    # Read-only copies for the HTTP API and the dashboard; nothing outside the
+    # manager sees its Job or Session objects through these.
 
-    def _get_status(self, s: Session, args: tuple[bytes, ...]) -> None:
-        handle = args[0].split(b"\0", 1)[0]
-        if not self._remote(s, P.GET_STATUS, args, handle):
-            s.send(self.status_packet(handle))
+    def queued_jobs(self, name: bytes, limit: int) -> tuple[int, list[JobSnapshot]]:
+        """A function's queued jobs in dispatch order (priority, then FIFO),
+        then its delayed ones by time: (how many in all, the first ``limit``)."""
+        fn = self.functions.get(name)
+        if fn is None:
+            return 0, []
+        out: list[JobSnapshot] = []
+        for q in fn.queues:
+            for job in q:
+                if len(out) >= limit:
+                    break
+                if job.state == QUEUED:
+                    out.append(self._snapshot(job, "queued"))
+        if len(out) < limit and fn.delayed:
+            for _, jid in sorted(self._delayed):
+                later = self.jobs.get(jid)
+                if later is not None and later.fn is fn and later.state == DELAYED:
+                    out.append(self._snapshot(later, "delayed"))
+                    if len(out) >= limit:
+                        break
+        return fn.queued + fn.delayed, out
+
+    def _snapshot(self, job: Job, state: str) -> JobSnapshot:
+        return JobSnapshot(self.handle_of(job), job.unique, job.priority, state, job.created,
+                           len(job.payload), job.bg, job.when)
+
+    def worker_snapshots(self) -> list[WorkerSnapshot]:
+        """Local connections that registered functions, newest first (as `workers`)."""
+        return [WorkerSnapshot(s.fd, s.peer, s.client_id,
+                               tuple(dict.fromkeys(fn.name for fn, _ in s.regs)),
+                               len(s.held), s.asleep)
+                for s in reversed(list(self.sessions.values())) if s.regs]
+
+    # ------------------------------------------------------------------ status & misc
 
     def status_packet(self, handle: bytes) -> bytes:
         job = self.job_by_handle(handle)
         if job is None or job.state == GONE:
-            return P.packet(P.STATUS_RES, handle + b"\x000\x000\x000\x000")
+            return R.unknown_status(handle)
         running = b"1" if job.state == RUNNING else b"0"
         return P.packet(P.STATUS_RES, b"%s\x001\x00%s\x00%d\x00%d" % (handle, running, job.num,
                                                                        job.den))
 
-    def _get_status_unique(self, s: Session, args: tuple[bytes, ...]) -> None:
-        unique = args[0].split(b"\0", 1)[0]
-        cluster = self.cluster
-        if cluster is None or not cluster.forward_unique(s, args, unique):
-            s.send(self.status_unique_packet(unique))
-
     def status_unique_packet(self, unique: bytes) -> bytes:
         job = self.job_by_unique(unique)
         if job is None:
-            return P.packet(P.STATUS_RES_UNIQUE, unique + b"\x000\x000\x000\x000\x000")
+            return R.unknown_status_unique(unique)
         running = b"1" if job.state == RUNNING else b"0"
         clients = len(job.listeners) if job.listeners else 0
         return P.packet(P.STATUS_RES_UNIQUE, b"%s\x001\x00%s\x00%d\x00%d\x00%d" % (
@@ -1038,21 +958,6 @@ class JobManager:
             if job is not None:
                 return job
         return None
-
-    def _echo(self, s: Session, args: tuple[bytes, ...]) -> None:
-        s.send(P.packet(P.ECHO_RES, args[0]))
-
-    def _option(self, s: Session, args: tuple[bytes, ...]) -> None:
-        raw = args[0]
-        name = raw.split(b"\0", 1)[0]
-        if len(name) < 64 and name.lower() == b"exceptions":
-            s.exceptions = True
-            s.send(P.packet(P.OPTION_RES, raw))
-        else:
-            s.send(_UNKNOWN_OPTION)
-
-    def _set_client_id(self, s: Session, args: tuple[bytes, ...]) -> None:
-        s.client_id = args[0][:127]
 
     # ------------------------------------------------------------------ replay
 

@@ -1,8 +1,10 @@
 """The seam between a node and the cluster layer — the one place they meet.
 
-A standalone node has no :class:`Cluster` and pays nothing for it. In a
-cluster, ``cluster/`` implements this protocol and the job manager consults
-it at exactly these points:
+A standalone node has neither protocol and pays nothing for them. In a
+cluster, ``cluster/`` implements both. node/dispatch.py, in front of the job
+manager, asks the :class:`Forwarder` about requests of *local connections*
+(requests another node routed here skip it: the job manager only ever does
+local work); the job manager tells :class:`ClusterHooks` about dispatch:
 
 * a submit whose key another node owns, a status request for a handle or
   unique another node owns, a work result for another node's job: the
@@ -17,10 +19,11 @@ it at exactly these points:
 * a session going away (``detached``), so the owners it talked to requeue
   its jobs and drop its subscriptions.
 
-The cluster drives the manager back through its ordinary methods: it wraps
-peers on other nodes in :class:`node.session.Session` subclasses and calls
-``JobManager.handle``/``detach``/``take_queued``/``reassign``/``unassign``/
-``wake_sleepers`` for them.
+The cluster drives the node back through public methods: it wraps peers on
+other nodes in :class:`node.session.Session` subclasses and calls
+``Dispatcher.handle_local`` for their requests, and
+``JobManager.detach``/``take_queued``/``reassign``/``unassign``/
+``wake_sleepers`` for dispatch.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
     from node.session import Session
 
 
-class Cluster(Protocol):
+class Forwarder(Protocol):
+    """Asked by node/dispatch.py, for requests of local connections only."""
+
     def forward_submit(self, s: Session, ptype: int, args: tuple[bytes, ...]) -> bool:
         """True when another node owns this submit's key and it was sent there."""
         ...
@@ -55,10 +60,16 @@ class Cluster(Protocol):
         """Whether a job pushed here waits for one of s's functions."""
         ...
 
+    def detached(self, s: Session) -> None:
+        """A local connection closed."""
+        ...
+
+
+class ClusterHooks(Protocol):
+    """Told by the job manager about dispatch across nodes."""
+
     def unserved(self, fn: Function, count: int) -> None:
         """``count`` runnable jobs of fn have no local worker coming for them."""
         ...
 
     def sleepers_changed(self, fn: Function) -> None: ...
-
-    def detached(self, s: Session) -> None: ...

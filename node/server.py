@@ -13,31 +13,27 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from node.acl import ACL
 from node.admin import Admin, AdminContext
+from node.clock import LoopClock
 from node.config import NodeConfig
 from node.connection import GearmanConnection
+from node.dispatch import Dispatcher
+from node.flowcontrol import FlowControl, Watermarks
 from node.guard import Guard
-from node.jobs import JobManager, ManagerConfig, TimerHandle
-from node.stats import Counters, FunctionStat
+from node.jobs import JobManager, ManagerConfig
+from node.looplag import LagHistogram, LoopLagMonitor
+from node.stats import Counters, FunctionStat, JobSnapshot, WorkerSnapshot
 from node.store import CommitStats, Store, open_store
 from node.tls import subject_cn
 
+if TYPE_CHECKING:
+    from node.api import ClusterViews
+
 log = logging.getLogger("gearmesh.node")
-
-
-class LoopClock:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def time(self) -> float:
-        return time.time()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        return self._loop.call_later(delay, callback)
 
 
 class Extension(Protocol):
@@ -67,9 +63,13 @@ class Node:
             max_jobs=config.max_queue,
             all_exceptions=config.exceptions,
         ), counters=self.counters)
+        self.dispatcher = Dispatcher(self.manager)
         self.admin = Admin(self.manager, AdminContext(verbose=config.verbose,
                                                       shutdown=self.request_shutdown))
         self.extensions: list[Extension] = []
+        # The other nodes' views for the HTTP API, set by the composition root
+        # in a cluster (node/ never imports cluster/); None = standalone.
+        self.cluster_views: ClusterViews | None = None
         self._connections: set[GearmanConnection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._admin_server: asyncio.base_events.Server | None = None
@@ -83,6 +83,20 @@ class Node:
         self._draining = False
         self._stopped = asyncio.Event()
         self.started_at = time.time()
+        #: The process's exit status once stopped: an extension sets 1 when a
+        #: drain could not finish (jobs left that another node should have).
+        self.exit_status = 0
+        # Back-pressure (node/flowcontrol.py): the store's backlog and the
+        # loop's lag are watched here; the cluster reports its peer outboxes
+        # through pause_feeding/resume_feeding.
+        self.flow = FlowControl()
+        self._store_marks = Watermarks(config.store_backlog, config.store_backlog // 2)
+        self._store_relieved: asyncio.Future[None] | None = None
+        lag_ms = int(config.max_loop_lag * 1000)
+        self._lag_marks = Watermarks(lag_ms, lag_ms // 5) if lag_ms > 0 else None
+        self.looplag = LoopLagMonitor(self.loop, on_lag=self._on_lag)
+        #: Set by the cluster: peer node → (frames, bytes) queued for it.
+        self.peer_outboxes: Callable[[], Mapping[str, tuple[int, int]]] = dict
 
     # -- NodeView
 
@@ -107,6 +121,85 @@ class Node:
 
     def cluster_epoch(self) -> int:
         return max((ext.epoch() for ext in self.extensions), default=0)
+
+    def queued_jobs(self, function: bytes, limit: int) -> tuple[int, list[JobSnapshot]]:
+        return self.manager.queued_jobs(function, limit)
+
+    def worker_snapshots(self) -> list[WorkerSnapshot]:
+        return self.manager.worker_snapshots()
+
+    def cancel_job(self, handle: bytes) -> bool:
+        # The admin `cancel job` rule, whoever asks (admin line or HTTP).
+        return self.manager.cancel(handle)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def http_action_allowed(self, action: str) -> tuple[bool, str]:
+        """The one rule for actions asked over HTTP (the dashboard's cancel).
+
+        Access control hook: when the node has an ACL, this must answer as
+        the ACL answers the admin command ``action`` for the HTTP caller
+        (an HTTP request carries no certificate today, so with an ACL on it
+        must refuse unless the ACL grants the action to anonymous callers).
+        """
+        if self.config.http_actions != "on":
+            return False, "actions over HTTP are off (--http-actions off)"
+        return True, ""
+
+    @property
+    def node_id(self) -> str:
+        return self.config.effective_node_id
+
+    @property
+    def queue_kind(self) -> str:
+        return self.config.queue
+
+    def loop_lag(self) -> LagHistogram:
+        return self.looplag.histogram
+
+    # -- back-pressure: the public surface the cluster layer uses
+
+    def pause_feeding(self, reason: str) -> None:
+        """Stop reading submitting connections until ``resume_feeding(reason)``
+        (e.g. ``reason="peer n2"`` while the outbox to n2 is full)."""
+        if reason not in self.flow.reasons:
+            log.info("saturated (%s): pausing submitting connections", reason)
+        self.flow.saturated(reason)
+
+    def resume_feeding(self, reason: str) -> None:
+        self.flow.relieved(reason)
+
+    def check_store(self) -> None:
+        """Compare the store's backlog with its watermarks (after submits,
+        after each commit)."""
+        store = self.store
+        if store is None:
+            return
+        change = self._store_marks.update(store.backlog())
+        if change is None:
+            return
+        self.flow.set("store", change)
+        if change is False and self._store_relieved is not None:
+            if not self._store_relieved.done():
+                self._store_relieved.set_result(None)
+            self._store_relieved = None
+
+    def intake_gate(self) -> asyncio.Future[None] | None:
+        """None while the store keeps up, else a future done once it does:
+        the peer link awaits it before reading the next batch of forwarded
+        requests, so gRPC's flow control slows the sending node down."""
+        self.check_store()
+        if not self._store_marks.saturated:
+            return None
+        if self._store_relieved is None:
+            self._store_relieved = self.loop.create_future()
+        return self._store_relieved
+
+    def _on_lag(self, lag: float) -> None:
+        if self._lag_marks is not None:
+            self.flow.set("event loop", self._lag_marks.update(int(lag * 1000)))
 
     # -- connections
 
@@ -145,6 +238,7 @@ class Node:
         c.store_commits += 1
         c.store_commit_jobs += stats.jobs
         c.store_commit_seconds += stats.seconds
+        self.check_store()
 
     def open_store(self) -> None:
         cfg = self.config
@@ -174,6 +268,7 @@ class Node:
     async def listen(self) -> None:
         cfg = self.config
         tls = self.tls
+        self.looplag.start()
         self._server = await self.loop.create_server(
             lambda: GearmanConnection(self), host=cfg.listen or None, port=cfg.port,
             reuse_address=True, backlog=1024, ssl=tls,
@@ -266,6 +361,7 @@ class Node:
             await stop_http(self._http)
         if self.store is not None:
             await self.loop.run_in_executor(None, self.store.close)
+        self.looplag.stop()
         self._stopped.set()
 
     def _running_jobs(self) -> int:

@@ -25,6 +25,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "dup_ratio": 0.7, "fg_ratio": 0.5, "work_ms": 2.0, "think_ms": 10.0,
     },
 }
+# burst --overload: the flash sale past capacity (8 x 50 submits every 2 ms
+# is 200,000 submits/s offered).
+_OVERLOAD: dict[str, Any] = {"clients": 8, "workers": 16, "duration": 10.0, "work_ms": 0.0}
 _FALLBACK: dict[str, Any] = {
     "jobs": 10_000, "conns": 16, "inflight": 16, "workers": 16, "clients": 16,
     "duration": 60.0, "uniques": 2000, "repeat": 8, "work_ms": 0.0, "think_ms": 0.0,
@@ -68,6 +71,9 @@ class Config:
     json_only: bool
     setup_timeout: float
     grace: float
+    overload: bool = False
+    pipeline: int = 50
+    every_ms: float = 2.0
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
@@ -132,12 +138,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dup-ratio", type=float,
                         help="burst: share of submits that reuse a hot unique")
     parser.add_argument("--fg-ratio", type=float, help="burst: share of foreground submits")
+    parser.add_argument("--overload", action="store_true",
+                        help="burst: pipelined background submits past capacity, then a "
+                             "drain, with a ledger (refused / lost / duplicated)")
+    parser.add_argument("--pipeline", type=int, default=50,
+                        help="burst --overload: submits written per turn without waiting (50)")
+    parser.add_argument("--every-ms", type=float, default=2.0,
+                        help="burst --overload: milliseconds between a connection's turns (2)")
     parser.add_argument("--interval", type=float, default=1.0,
                         help="burst: timeline bucket in seconds (default 1)")
     parser.add_argument("--no-cleanup", dest="cleanup", action="store_false",
                         help="bg: leave the submitted jobs queued instead of draining them")
     parser.add_argument("--unique", choices=("job", "none"), default="job",
-                        help="bg/drain: job = a distinct unique id per job, as libgearman "
+                        help="bg/drain/rt: job = a distinct unique id per job, as libgearman "
                              "clients send; none = empty unique, as Perl and python gear "
                              "clients send by default (default: job)")
     parser.add_argument("--function-prefix", default="gearmesh-bench",
@@ -156,6 +169,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace) -> Config:
     scenario: str = args.scenario
     defaults = {**_FALLBACK, **_DEFAULTS[scenario]}
+    overload = bool(getattr(args, "overload", False))
+    if overload:
+        if scenario != "burst":
+            raise ValueError("--overload is a mode of the burst scenario")
+        defaults.update(_OVERLOAD)
 
     def pick(name: str) -> Any:
         value = getattr(args, name, None)
@@ -206,6 +224,9 @@ def resolve(args: argparse.Namespace) -> Config:
         json_only=bool(args.json_only),
         setup_timeout=float(args.setup_timeout),
         grace=float(args.grace),
+        overload=overload,
+        pipeline=int(getattr(args, "pipeline", 50)),
+        every_ms=float(getattr(args, "every_ms", 2.0)),
     )
     _validate(cfg)
     return cfg
@@ -245,6 +266,8 @@ def _validate(cfg: Config) -> None:
     for name, ratio in (("dup-ratio", cfg.dup_ratio), ("fg-ratio", cfg.fg_ratio)):
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"--{name} must be between 0 and 1")
+    if cfg.pipeline < 1 or cfg.every_ms <= 0:
+        raise ValueError("--pipeline must be at least 1 and --every-ms positive")
     if cfg.interval <= 0:
         raise ValueError("--interval must be positive")
     if cfg.work_ms < 0 or cfg.think_ms < 0 or cfg.ramp < 0:

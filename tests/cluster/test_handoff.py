@@ -5,6 +5,7 @@ tests/support/peernet.py.
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from cluster.memberinfo import MemberInfo
@@ -114,3 +115,45 @@ async def test_queued_background_jobs_follow_their_key_when_a_node_joins() -> No
     [(ptype, handle)] = c2.recv()
     assert ptype == P.JOB_CREATED and handle.startswith(b"H:n3:")
     assert len(n["n3"].m.jobs) == len(moving)
+
+
+@in_loop
+async def test_a_large_handoff_is_paced_by_a_window_of_unanswered_jobs() -> None:
+    from cluster import handoff
+
+    net, n = await cluster("n1", "n2")
+    ids = ("n1", "n2")
+    c = n["n1"].conn()
+    for k in range(10):
+        c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ids, start=k * 1000), b"p%d" % k)
+    c.recv()
+    drain_map(n, "n1")
+    window, handoff.WINDOW = handoff.WINDOW, 3  # type: ignore[misc]  # a Final, on purpose
+    try:
+        assert n["n1"].router.hand_off() == 10
+        in_flight = []
+        while net.queue:
+            in_flight.append(sum(1 for src, _, _ in net.queue if src == "n1"))
+            batch, net.queue = net.queue, []
+            for src, dst, data in batch:
+                n[dst].router.on_frames(src, 1, [msgpack.unpackb(data, raw=False,
+                                                                 strict_map_key=False)])
+    finally:
+        handoff.WINDOW = window  # type: ignore[misc]
+    assert max(in_flight) <= 3
+    assert len(n["n1"].m.jobs) == 0 and len(n["n2"].m.jobs) == 10
+    assert n["n1"].router.counters.handed_off == 10
+
+
+@in_loop
+async def test_a_drain_with_no_other_active_node_says_why_it_kept_its_jobs() -> None:
+    _, n = await cluster("n1", "n2")
+    ids = ("n1", "n2")
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB_BG, b"f", unique_owned_by("n1", ids), b"p")
+    c.recv()
+    members = {i: MemberInfo(peer_address=f"{i}:1", state="draining") for i in ids}
+    for node in n.values():
+        node.router.set_map(PartitionMap(2, members))
+    moved, left, why = await n["n1"].router.hand_off_all(1.0)
+    assert (moved, left) == (0, 1) and "no other active node" in why

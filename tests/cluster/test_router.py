@@ -8,11 +8,14 @@ finds no worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from cluster import router as R
 from node import protocol as P
 from node.jobs import QUEUED, RUNNING
+from node.wakeup import WAKE_GRACE
 from tests.support.peernet import (
     Conn,
     Net,
@@ -223,3 +226,94 @@ async def test_owner_requeues_jobs_pushed_to_a_lost_node() -> None:
 
     n["n1"].router.node_lost("n2")
     assert job_of(n["n1"], handle).state == QUEUED
+
+
+class StepClock:
+    """A clock for the router's wake policy that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Callable[[], None], list[bool]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _StepTimer:
+        cancelled = [False]
+        self.timers.append((self.now + delay, callback, cancelled))
+        return _StepTimer(cancelled)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        while due := [t for t in self.timers if t[0] <= self.now and not t[2][0]]:
+            for t in due:
+                self.timers.remove(t)
+                t[1]()
+
+
+class _StepTimer:
+    def __init__(self, cancelled: list[bool]) -> None:
+        self._cancelled = cancelled
+
+    def cancel(self) -> None:
+        self._cancelled[0] = True
+
+
+@in_loop
+async def test_pushed_job_wakes_the_next_sleeper_when_the_woken_one_does_not_grab() -> None:
+    """A sleeper here may be a process busy with another node's job: if the
+    one woken for a pushed job does not GRAB within the grace, the next one
+    is woken, and only one per grace."""
+    net, n = await cluster("n1", "n2")
+    clock = StepClock()
+    n["n2"].router._push_wakes.clock = clock
+    busy, idle, spare = (n["n2"].worker(b"f") for _ in range(3))
+    for w in (busy, idle, spare):
+        await sleep_worker(net, w)
+    c = n["n1"].conn()
+    c.send(P.SUBMIT_JOB, b"f", unique_owned_by("n1", ("n1", "n2")), b"data")
+    [(_, handle)] = c.recv()
+    await net.settle()
+    assert [busy.recv(), idle.recv(), spare.recv()] == [[(P.NOOP, b"")], [], []]
+    clock.advance(WAKE_GRACE / 2)
+    assert idle.recv() == []
+    clock.advance(WAKE_GRACE / 2)
+    assert [idle.recv(), spare.recv()] == [[(P.NOOP, b"")], []]
+    idle.send(P.GRAB_JOB)
+    assert idle.recv() == [(P.JOB_ASSIGN, handle + b"\0f\0data")]
+    clock.advance(10 * WAKE_GRACE)
+    assert spare.recv() == []  # answered: nobody else woken
+    busy.send(P.GRAB_JOB)  # the busy one's late GRAB finds nothing
+    assert busy.recv() == [(P.NO_JOB, b"")]
+    assert n["n2"].m.counters.noops_sent == 2
+
+
+@in_loop
+async def test_submits_in_flight_to_a_lost_owner_go_to_the_new_owner_not_queue_error() -> None:
+    from cluster.memberinfo import MemberInfo
+    from cluster.partition import PartitionMap
+
+    net, n = await cluster("n1", "n2", "n3")
+    c = n["n1"].conn()
+    ids = ("n1", "n2", "n3")
+    lost = [unique_owned_by("n3", ids, start) for start in (0, 50_000)]
+    local = unique_owned_by("n1", ids)
+    # Two background submits forwarded to n3, one local between them.
+    c.send(P.SUBMIT_JOB_BG, b"f", lost[0], b"a")
+    c.send(P.SUBMIT_JOB_BG, b"f", local, b"b")
+    c.send(P.SUBMIT_JOB_BG, b"f", lost[1], b"c")
+    # n3 dies before it read them: the frames in flight are gone.
+    net.queue = [q for q in net.queue if q[1] != "n3"]
+    net.down.add("n3")
+    members = {i: MemberInfo(peer_address=f"{i}:1", state="active") for i in ("n1", "n2")}
+    for i in ("n1", "n2"):
+        n[i].router.set_map(PartitionMap(2, members))
+    await net.settle()
+    replies = c.recv()
+    assert [t for t, _ in replies] == [P.JOB_CREATED] * 3, replies
+    # Each landed on its owner under the new map; none was refused.
+    pmap = PartitionMap(2, members)
+    for (_, handle), unique in zip(replies, [lost[0], local, lost[1]], strict=True):
+        owner = pmap.owner_of_key(unique)
+        assert handle.startswith(f"H:{owner}:".encode()), (handle, owner)
+    assert n["n1"].router.counters.rerouted == 2

@@ -35,6 +35,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "podMonitor": {"enabled": True, "interval": "15s"},
         }
     },
+    "grafana-dashboard": {
+        "metrics": {"grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                                         "annotations": {"grafana_folder": "gearmesh"}}}
+    },
     "network-policy": {
         "networkPolicy": {"enabled": True, "allowExternal": False, "egress": {"restrict": True}}
     },
@@ -78,6 +82,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "metrics": {
             "serviceMonitor": {"enabled": True},
             "podMonitor": {"enabled": True},
+            "grafanaDashboard": {"enabled": True},
         },
         "networkPolicy": {
             "enabled": True,

@@ -23,6 +23,7 @@ FREEFORM = {
     "service.annotations", "service.labels", "peerService.annotations",
     "persistence.annotations", "serviceAccount.annotations",
     "metrics.serviceMonitor.labels", "metrics.podMonitor.labels",
+    "metrics.grafanaDashboard.annotations",
 }
 
 

@@ -420,6 +420,56 @@ def test_pod_monitor(helm_bin: Path) -> None:
     assert endpoint["port"] in {p["name"] for p in node_container(docs)["ports"]}
 
 
+@pytest.mark.timeout(60)
+def test_grafana_dashboard_configmap(helm_bin: Path) -> None:
+    import json
+    import re
+
+    assert not [d for d in render.render() if d["kind"] == "ConfigMap"
+                and d["metadata"]["name"].endswith("-grafana-dashboard")]
+    docs = render.render(SCENARIOS["grafana-dashboard"])
+    cm = find(docs, "ConfigMap", f"{FULL}-grafana-dashboard")
+    meta = cm["metadata"]
+    assert meta["labels"]["grafana_dashboard"] == "1"  # the sidecar's default label
+    assert meta["namespace"] == "monitoring"
+    assert meta["annotations"] == {"grafana_folder": "gearmesh"}
+    dashboard = json.loads(cm["data"]["gearmesh.json"])
+    assert dashboard["uid"] == "gearmesh-overview"
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(gearmesh_[a-z_]+)", e)}
+    # Every metric the dashboard charts is one a node exports.
+    exported = set(re.findall(r"^(gearmesh_[a-z_]+)", _exported_metrics(), re.M))
+    assert used and used <= exported, used - exported
+
+
+def _exported_metrics() -> str:
+    """A node's /metrics names, from its collector (no process needed)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from node.http import NodeCollector
+    from node.stats import Counters, FunctionStat
+
+    class Node:
+        counters = Counters()
+
+        def function_stats(self) -> list[FunctionStat]:
+            return [FunctionStat(b"f", 1, 1, 1)]
+
+        def connection_count(self) -> int:
+            return 0
+
+        def readiness(self) -> tuple[bool, str]:
+            return True, "ready"
+
+        def cluster_epoch(self) -> int:
+            return 0
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(Node()))  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
+
+
 def _rule_ports(rule: dict[str, Any]) -> set[int]:
     return {p["port"] for p in rule.get("ports", [])}
 

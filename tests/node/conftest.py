@@ -4,7 +4,7 @@
   calls :meth:`FakeClock.advance`.
 * :class:`Peer` — one connection as the job manager sees it: requests are
   framed with the real codec (``protocol.request`` → ``Decoder``) and handed
-  to ``manager.handle`` the way node/connection.py does; everything the
+  to ``Dispatcher.handle`` the way node/connection.py does; everything the
   manager writes is collected and parsed back strictly as server packets
   (``\\0RES`` magic, exact sizes), so a test compares exact bytes.
 * :class:`Harness` — a JobManager with a fake clock and peers.
@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from node import protocol as P
+from node.dispatch import Dispatcher
 from node.jobs import JobManager, ManagerConfig
 from node.session import Session
 from node.store import Store
@@ -101,12 +102,13 @@ def parse_server_packets(data: bytes) -> list[tuple[int, bytes]]:
 class Peer:
     """A client/worker connection without a socket."""
 
-    def __init__(self, manager: JobManager, sid: int, fd: int, ip: str) -> None:
-        self.manager = manager
+    def __init__(self, dispatcher: Dispatcher, sid: int, fd: int, ip: str) -> None:
+        self.dispatcher = dispatcher
+        self.manager = dispatcher.m
         self.out = bytearray()
         self.session = Session(sid, self.out.extend, ip, fd)
         self.decoder = P.Decoder()
-        manager.attach(self.session)
+        dispatcher.attach(self.session)
 
     def send(self, ptype: int, *args: bytes) -> None:
         self.send_raw(P.request(ptype, *args))
@@ -114,7 +116,7 @@ class Peer:
     def send_raw(self, data: bytes) -> None:
         for ev in self.decoder.feed(data):
             assert ev[0] > 0, f"request did not frame as a packet: {ev!r}"
-            self.manager.handle(self.session, ev[0], ev[1])
+            self.dispatcher.handle(self.session, ev[0], ev[1])
 
     def raw(self) -> bytes:
         """Bytes written since the last read, and forget them."""
@@ -127,7 +129,7 @@ class Peer:
         return parse_server_packets(self.raw())
 
     def close(self) -> None:
-        self.manager.detach(self.session)
+        self.dispatcher.detach(self.session)
 
     # -- common flows
 
@@ -163,11 +165,12 @@ class Harness:
     def __init__(self, clock: FakeClock, store: Store | None = None, **config: Any) -> None:
         self.clock = clock
         self.m = JobManager(clock, ManagerConfig(handle_prefix=PREFIX, **config), store=store)
+        self.dispatcher = Dispatcher(self.m)
         self._sid = 0
 
     def peer(self, ip: str = "127.0.0.1", fd: int | None = None) -> Peer:
         self._sid += 1
-        return Peer(self.m, self._sid, 30 + self._sid if fd is None else fd, ip)
+        return Peer(self.dispatcher, self._sid, 30 + self._sid if fd is None else fd, ip)
 
 
 @pytest.fixture

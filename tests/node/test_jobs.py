@@ -1,6 +1,6 @@
 """JobManager semantics (node/jobs.py) without sockets or real time.
 
-Every request goes through the real codec into ``manager.handle`` and every
+Every request goes through the real codec into ``Dispatcher.handle`` and every
 reply is parsed back as a server packet, so the assertions are on exact
 (type, payload) pairs. Handles are ``H:t:<n>``. Fixtures: tests/node/conftest.py.
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from node import protocol as P
+from node.dispatch import Dispatcher
 from node.jobs import JobManager, ManagerConfig
 from node.session import Session
 
@@ -37,9 +38,9 @@ def test_retry_limit_failure_leaves_counts_at_zero() -> None:
     m = JobManager(Clock(), ManagerConfig(job_retries=1))
     client, out = session(m, 1)
     worker, _ = session(m, 2)
-    m.handle(worker, P.CAN_DO, (b"f",))
-    m.handle(client, P.SUBMIT_JOB, (b"f", b"", b"x"))
-    m.handle(worker, P.GRAB_JOB, ())
+    Dispatcher(m).handle(worker, P.CAN_DO, (b"f",))
+    Dispatcher(m).handle(client, P.SUBMIT_JOB, (b"f", b"", b"x"))
+    Dispatcher(m).handle(worker, P.GRAB_JOB, ())
     m.detach(worker)
     assert counts(m, b"f") == (0, 0, 0)
     assert out[-1] == P.packet(P.WORK_FAIL, b"H:gearmesh:1")
@@ -51,9 +52,9 @@ def test_abandoned_running_job_then_worker_loss_leaves_counts_at_zero() -> None:
     m = JobManager(Clock())
     client, _ = session(m, 1)
     worker, _ = session(m, 2)
-    m.handle(worker, P.CAN_DO, (b"f",))
-    m.handle(client, P.SUBMIT_JOB, (b"f", b"", b"x"))
-    m.handle(worker, P.GRAB_JOB, ())
+    Dispatcher(m).handle(worker, P.CAN_DO, (b"f",))
+    Dispatcher(m).handle(client, P.SUBMIT_JOB, (b"f", b"", b"x"))
+    Dispatcher(m).handle(worker, P.GRAB_JOB, ())
     m.detach(client)
     m.detach(worker)
     assert counts(m, b"f") == (0, 0, 0)
@@ -65,9 +66,9 @@ def test_requeue_after_worker_loss_counts_one_queued() -> None:
     m = JobManager(Clock())
     client, _ = session(m, 1)
     worker, _ = session(m, 2)
-    m.handle(worker, P.CAN_DO, (b"f",))
-    m.handle(client, P.SUBMIT_JOB, (b"f", b"", b"x"))
-    m.handle(worker, P.GRAB_JOB, ())
+    Dispatcher(m).handle(worker, P.CAN_DO, (b"f",))
+    Dispatcher(m).handle(client, P.SUBMIT_JOB, (b"f", b"", b"x"))
+    Dispatcher(m).handle(worker, P.GRAB_JOB, ())
     assert counts(m, b"f") == (0, 1, 1)
     m.detach(worker)
     assert counts(m, b"f") == (1, 0, 0)

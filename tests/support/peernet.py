@@ -22,6 +22,7 @@ from cluster.memberinfo import MemberInfo
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState
 from node import protocol as P
+from node.dispatch import Dispatcher
 from node.jobs import JobManager, ManagerConfig
 from node.session import Session
 from node.stats import Counters
@@ -92,15 +93,16 @@ class FakeLinks:
 class Conn:
     """A client or worker connected to one node."""
 
-    def __init__(self, m: JobManager, sid: int) -> None:
-        self.m = m
+    def __init__(self, d: Dispatcher, sid: int) -> None:
+        self.d = d
+        self.m = d.m
         self.out = bytearray()
         self.session = Session(sid, self.out.extend, "127.0.0.1")
-        m.attach(self.session)
+        d.attach(self.session)
 
     def send(self, ptype: int, *args: bytes) -> None:
         for ev in P.Decoder().feed(P.request(ptype, *args)):
-            self.m.handle(self.session, ev[0], ev[1])
+            self.d.handle(self.session, ev[0], ev[1])
 
     def recv(self) -> list[tuple[int, bytes]]:
         data, pos, got = bytes(self.out), 0, []
@@ -112,21 +114,24 @@ class Conn:
         return got
 
     def close(self) -> None:
-        self.m.detach(self.session)
+        self.d.detach(self.session)
 
 
 class Node:
     def __init__(self, net: Net, node_id: str) -> None:
         self.id = node_id
         self.m = JobManager(Clock(), ManagerConfig(handle_prefix=f"H:{node_id}".encode()))
-        self.router = R.Router(node_id, self.m, FakeLinks(net, node_id), Counters())  # type: ignore[arg-type]
+        self.d = Dispatcher(self.m)
+        self.router = R.Router(node_id, self.m, self.d, FakeLinks(net, node_id),  # type: ignore[arg-type]
+                               Counters())
         self.m.cluster = self.router
+        self.d.set_forwarder(self.router)
         net.routers[node_id] = self.router
         self._sid = 0
 
     def conn(self) -> Conn:
         self._sid += 1
-        return Conn(self.m, self._sid)
+        return Conn(self.d, self._sid)
 
     def worker(self, *funcs: bytes, timeout: int = 0) -> Conn:
         w = self.conn()

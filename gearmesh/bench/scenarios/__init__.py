@@ -10,6 +10,7 @@ from gearmesh.bench.scenarios.bg import BgScenario
 from gearmesh.bench.scenarios.burst import BurstScenario
 from gearmesh.bench.scenarios.coalesce import CoalesceScenario
 from gearmesh.bench.scenarios.drain import DrainScenario
+from gearmesh.bench.scenarios.overload import OverloadScenario
 from gearmesh.bench.scenarios.rt import RtScenario
 
 SCENARIOS: dict[str, Callable[[Config], Scenario]] = {
@@ -17,5 +18,5 @@ SCENARIOS: dict[str, Callable[[Config], Scenario]] = {
     "drain": DrainScenario,
     "rt": RtScenario,
     "coalesce": CoalesceScenario,
-    "burst": BurstScenario,
+    "burst": lambda cfg: OverloadScenario(cfg) if cfg.overload else BurstScenario(cfg),
 }

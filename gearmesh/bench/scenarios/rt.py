@@ -49,8 +49,12 @@ class ClientStats:
 class RoundTripClient(wire.PacketProtocol):
     def __init__(self, source: JobSource, func: bytes, prefix: bytes, size: int,
                  stats: ClientStats, stopping: Callable[[], bool],
-                 keys: Sequence[bytes] | None = None, first: int = 0) -> None:
+                 keys: Sequence[bytes] | None = None, first: int = 0,
+                 send_unique: bool = True) -> None:
         super().__init__()
+        # False (--unique none): empty uniques, so each job stays on the node
+        # it entered; its data still names the job, so the echo is checked.
+        self.send_unique = send_unique
         self.source = source
         # --owner: keys[n - first] is job n's unique id (precomputed).
         self.keys = keys
@@ -91,7 +95,8 @@ class RoundTripClient(wire.PacketProtocol):
         self.handle = b""
         self.busy = True
         self.t0 = time.monotonic()
-        self.write(wire.submit_packet(P.SUBMIT_JOB, self.func, unique, self.expect))
+        self.write(wire.submit_packet(P.SUBMIT_JOB, self.func,
+                                      unique if self.send_unique else b"", self.expect))
 
     def on_packet(self, ptype: int, payload: bytes) -> None:
         st = self.stats
@@ -145,7 +150,8 @@ class RtScenario:
             clients.append(await wire.open_connection(
                 client_server(cfg, n),
                 lambda: RoundTripClient(source, func, self.prefix, cfg.payload_size, cstats,
-                                        lambda: rt.stopped(1), keys, lo),
+                                        lambda: rt.stopped(1), keys, lo,
+                                        send_unique=cfg.unique == "job"),
             ))
         wstats = WorkerStats()
         workers = await connect_workers(rt, lambda _u, data: data, wstats,

@@ -1,9 +1,11 @@
 <?php
 // A GearmanWorker for the cluster tests: every test registers its own
 // function names and maps each to a behaviour.
-//   php worker.php HOST:PORT ID FUNC=BEHAVIOUR[,FUNC=BEHAVIOUR...]
+//   php worker.php HOST:PORT[,HOST:PORT...] ID FUNC=BEHAVIOUR[,FUNC=BEHAVIOUR...]
+// Several servers are added in the order given, as libgearman users do.
 // Behaviours: record (returns the workload), reverse, sum (the seed "Sum"
-// task: JSON [from, to, sleep_ms] -> sum of from..to), gated (workload
+// task: JSON [from, to, sleep_ms] -> sum of from..to; sleep_ms defaults to
+// $SUM_SLEEP_MS, so the seed's own client can drive it), gated (workload
 // "<gate file>|<tag>": holds the job until the gate file exists, returns
 // "<id>:<tag>").
 // Prints "READY <id>", then per job "START <id> <handle> <unique> <workload>"
@@ -32,14 +34,14 @@ if (count($argv) < 4 || strpos($argv[1], ':') === false) {
     fwrite(STDERR, "usage: php {$argv[0]} HOST:PORT ID FUNC=BEHAVIOUR[,...]\n");
     exit(2);
 }
-[$host, $port] = explode(':', $argv[1], 2);
 $id = $argv[2];
 
 $behaviours = [
     'record' => fn (GearmanJob $job) => $job->workload(),
     'reverse' => fn (GearmanJob $job) => strrev($job->workload()),
     'sum' => function (GearmanJob $job) {
-        [$from, $to, $sleep_ms] = json_decode($job->workload(), true) + [0, 0, 0];
+        [$from, $to, $sleep_ms] = json_decode($job->workload(), true)
+            + [0, 0, (int)(getenv('SUM_SLEEP_MS') ?: 0)];
         usleep($sleep_ms * 1000);
         return (string)array_sum(range($from, $to));
     },
@@ -55,7 +57,10 @@ $behaviours = [
 
 $worker = new GearmanWorker();
 $worker->setId($id);
-$worker->addServer($host, (int)$port);
+foreach (explode(',', $argv[1]) as $server) {
+    [$host, $port] = explode(':', $server, 2);
+    $worker->addServer($host, (int)$port);
+}
 foreach (explode(',', $argv[3]) as $spec) {
     [$func, $behaviour] = explode('=', $spec, 2) + ['', ''];
     if (!isset($behaviours[$behaviour])) {
