@@ -146,6 +146,9 @@ class Node:
         """
         if self.config.http_actions != "on":
             return False, "actions over HTTP are off (--http-actions off)"
+        if self.acl is not None:
+            # No certificate, no name: the ACL cannot grant this caller anything.
+            return False, "the node has an ACL (--acl-file): actions need a certificate"
         return True, ""
 
     @property
