@@ -133,15 +133,15 @@ class GearmanConnection(asyncio.Protocol):
         for ev in self._decoder.feed(data):
             ptype = ev[0]
             if ptype > 0:
-                if guard is not None:
-                    refusal = guard.packet(ptype, ev[1])
-                    if refusal is not None:
-                        if refusal:
-                            s.send(refusal)
-                        continue
                 if ptype in _SUBMITS:
                     submitted = True
                 try:
+                    if guard is not None:
+                        refusal = guard.packet(ptype, ev[1])
+                        if refusal is not None:
+                            if refusal:
+                                s.send(refusal)
+                            continue
                     handlers[ptype](s, ev[1])
                 except Exception:
                     # A bug must cost this request, not the node or other clients.

@@ -45,20 +45,21 @@ class Guard:
         # handle → function name of a job this node holds (for `cancel job`).
         self.function_of = function_of
 
-    def packet(self, ptype: int, payload: bytes) -> bytes | None:
-        """None: go ahead. Bytes: refuse, sending them (b"": refuse silently)."""
+    def packet(self, ptype: int, args: tuple[bytes, ...]) -> bytes | None:
+        """None: go ahead. Bytes: refuse, sending them (b"": refuse silently).
+
+        ``args`` are the decoder's arguments of the packet; the function name
+        is the first of every submit and CAN_DO."""
         if self.admin_only:
             return ADMIN_ONLY
         acl = self.acl
         if acl is None:
             return None
         if ptype in SUBMITS:
-            name = payload.split(b"\0", 1)[0]
-            return None if acl.can_invoke(self.subject, name) else DENIED
+            return None if acl.can_invoke(self.subject, args[0]) else DENIED
         if ptype in REGISTERS:
-            name = payload.split(b"\0", 1)[0]
             # gear ignores a refused CAN_DO: the protocol has no reply to it.
-            return None if acl.can_register(self.subject, name) else b""
+            return None if acl.can_register(self.subject, args[0]) else b""
         return None
 
     def admin(self, line: bytes) -> bytes | None:

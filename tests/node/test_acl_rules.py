@@ -129,6 +129,14 @@ def test_grant_refuses_bad_input_without_changing_anything() -> None:
 
 # -- the Guard -------------------------------------------------------------
 
+def _args(ptype: int, *args: bytes) -> tuple[bytes, ...]:
+    """The arguments the real decoder hands the connection for this packet."""
+    events = P.Decoder(1 << 20).feed(P.request(ptype, *args))
+    assert len(events) == 1 and events[0][0] == ptype, events
+    parsed: tuple[bytes, ...] = events[0][1]
+    return parsed
+
+
 def _guard(subject: str | None, acl: ACL | None = None, jobs: dict[bytes, bytes] | None = None,
            admin_only: bool = False) -> Guard:
     table = jobs or {}
@@ -138,19 +146,21 @@ def _guard(subject: str | None, acl: ACL | None = None, jobs: dict[bytes, bytes]
 
 def test_guard_denies_submits_with_gears_error_and_ignores_refused_can_do() -> None:
     g = _guard("client")
-    for ptype in (P.SUBMIT_JOB, P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH, P.SUBMIT_JOB_LOW_BG,
-                  P.SUBMIT_JOB_EPOCH, P.SUBMIT_REDUCE_JOB):
-        assert g.packet(ptype, b"reverse\0u\0data") is None
-        assert g.packet(ptype, b"secret\0u\0data") == DENIED
+    for ptype, extra in ((P.SUBMIT_JOB, ()), (P.SUBMIT_JOB_BG, ()), (P.SUBMIT_JOB_HIGH, ()),
+                         (P.SUBMIT_JOB_LOW_BG, ()), (P.SUBMIT_JOB_EPOCH, (b"0",)),
+                         (P.SUBMIT_REDUCE_JOB, (b"red", b"")),
+                         (P.SUBMIT_REDUCE_JOB_BACKGROUND, (b"red", b""))):
+        assert g.packet(ptype, _args(ptype, b"reverse", b"u", *extra, b"data")) is None
+        assert g.packet(ptype, _args(ptype, b"secret", b"u", *extra, b"data")) == DENIED
     assert P.error_packet(b"0", b"Permission denied by ACL") == DENIED
-    assert g.packet(P.CAN_DO, b"reverse") == b""  # client may not register
+    assert g.packet(P.CAN_DO, _args(P.CAN_DO, b"reverse")) == b""  # client may not register
     w = _guard("worker")
-    assert w.packet(P.CAN_DO, b"reverse") is None
-    assert w.packet(P.CAN_DO_TIMEOUT, b"reverse\x0010") is None
-    assert w.packet(P.CAN_DO_TIMEOUT, b"secret\x0010") == b""
+    assert w.packet(P.CAN_DO, _args(P.CAN_DO, b"reverse")) is None
+    assert w.packet(P.CAN_DO_TIMEOUT, _args(P.CAN_DO_TIMEOUT, b"reverse", b"10")) is None
+    assert w.packet(P.CAN_DO_TIMEOUT, _args(P.CAN_DO_TIMEOUT, b"secret", b"10")) == b""
     # Everything else is not the ACL's business (gear checks only these).
-    assert w.packet(P.GRAB_JOB_UNIQ, b"") is None
-    assert w.packet(P.ECHO_REQ, b"x") is None
+    assert w.packet(P.GRAB_JOB_UNIQ, _args(P.GRAB_JOB_UNIQ)) is None
+    assert w.packet(P.ECHO_REQ, _args(P.ECHO_REQ, b"x")) is None
 
 
 def test_guard_admin_commands_that_change_the_server_need_admin() -> None:
@@ -199,13 +209,13 @@ def test_guard_without_an_acl() -> None:
     g = Guard(None, None, function_of=lambda h: None)
     assert g.admin(b"acl list") == b"ERR ACL_DISABLED\n"
     assert g.admin(b"shutdown") is None
-    assert g.packet(P.SUBMIT_JOB, b"f\0\0") is None
+    assert g.packet(P.SUBMIT_JOB, _args(P.SUBMIT_JOB, b"f", b"", b"")) is None
 
 
 def test_admin_only_guard_takes_text_commands_only() -> None:
     g = Guard(None, None, function_of=lambda h: None, admin_only=True)
-    refusal = g.packet(P.SUBMIT_JOB, b"f\0\0x")
+    refusal = g.packet(P.SUBMIT_JOB, _args(P.SUBMIT_JOB, b"f", b"", b"x"))
     assert refusal == P.error_packet(b"ERR_ADMIN_ONLY", b"this port takes admin text "
                                                        b"commands only")
-    assert g.packet(P.ECHO_REQ, b"x") == refusal
+    assert g.packet(P.ECHO_REQ, _args(P.ECHO_REQ, b"x")) == refusal
     assert g.admin(b"status") is None
