@@ -14,7 +14,6 @@ import gc
 import logging
 import os
 import signal
-import ssl
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -22,7 +21,7 @@ from node.config import NodeConfig, add_serve_arguments, config_from_args
 from node.store import StoreError
 
 if TYPE_CHECKING:
-    from node.acl import ACL
+    from gearmesh.security import Security
 
 log = logging.getLogger("gearmesh")
 
@@ -132,17 +131,16 @@ def _startup_error(cfg: NodeConfig, message: str) -> int:
     return 2
 
 
-async def _serve(cfg: NodeConfig, ready_fd: int | None,
-                 security: tuple[ssl.SSLContext | None, ACL | None] = (None, None)) -> int:
+async def _serve(cfg: NodeConfig, ready_fd: int | None, security: Security) -> int:
     from node.server import Node, drop_privileges
 
     node = Node(cfg)
-    node.tls, node.acl = security
+    node.tls, node.acl = security.gearman_tls, security.acl
     if cfg.etcd:
         # Attached (not started) now, so /readyz waits for the cluster join.
         from cluster.attach import attach_cluster
         from cluster.views import ClusterViews
-        ext = attach_cluster(node, cfg)
+        ext = attach_cluster(node, cfg, security.cluster)
         node.extensions.append(ext)
         # The HTTP API's view of the other nodes (node/ cannot import cluster/).
         node.cluster_views = ClusterViews(cfg.effective_node_id, lambda: ext.membership,
@@ -214,29 +212,6 @@ def _chown_tree(path: os.PathLike[str] | str, user: str) -> None:
             os.chown(name, pw.pw_uid, pw.pw_gid)
 
 
-def load_security(cfg: NodeConfig) -> tuple[ssl.SSLContext | None, ACL | None]:
-    """The Gearman port's TLS context and the ACL, checked before anything
-    starts (one-line error, exit 2: never fall back to plaintext)."""
-    from node.acl import ACLError, load_acl
-    from node.tls import TLSError, TLSFiles, gearmand_env_override, server_context
-    if not cfg.ssl:
-        for flag, value in (("--ssl-certificate", cfg.ssl_certificate),
-                            ("--ssl-key", cfg.ssl_key), ("--ssl-ca-file", cfg.ssl_ca_file),
-                            ("--ssl-verify-client", cfg.ssl_verify_client),
-                            ("--acl-file", cfg.acl_file)):
-            if value:
-                fail(f"{flag} needs --ssl (the port would be plaintext)")
-        return None, None
-    files = gearmand_env_override(TLSFiles(cfg.ssl_ca_file, cfg.ssl_certificate, cfg.ssl_key))
-    try:
-        ctx = server_context(files, verify_client=cfg.ssl_verify_client,
-                             want_client_cert=cfg.acl_file is not None)
-        acl = load_acl(cfg.acl_file) if cfg.acl_file is not None else None
-    except (TLSError, ACLError) as e:
-        fail(str(e))
-    return ctx, acl
-
-
 def serve(ns: argparse.Namespace) -> int:
     cfg = config_from_args(ns)
     cfg.data_dir = cfg.data_dir.absolute()
@@ -244,7 +219,11 @@ def serve(ns: argparse.Namespace) -> int:
     if cfg.etcd and cfg.job_handle_prefix:
         fail("--job-handle-prefix cannot be used with --etcd: in a cluster a handle "
              "must name its node (H:<node-id>)")
-    security = load_security(cfg)
+    from gearmesh.security import SecurityError, load_security
+    try:
+        security = load_security(cfg)
+    except SecurityError as e:
+        fail(str(e))
     if cfg.pid_file:
         cfg.pid_file = os.path.abspath(cfg.pid_file)
     if cfg.log_file not in ("stderr", "none"):

@@ -58,9 +58,9 @@ class NodeConfig:
     ssl_handshake_timeout: float = 10.0
     admin_port: int = 0
     acl_file: Path | None = None
-    peer_ca: str | None = None
-    peer_cert: str | None = None
-    peer_key: str | None = None
+    peer_ssl_ca_file: str | None = None
+    peer_ssl_certificate: str | None = None
+    peer_ssl_key: str | None = None
     etcd_cacert: str | None = None
     etcd_cert: str | None = None
     etcd_key: str | None = None
@@ -252,13 +252,15 @@ def _add_security_arguments(p: argparse.ArgumentParser, d: NodeConfig) -> None:
                    help="plaintext admin-text-only listener on 127.0.0.1 (0 = none)")
     s.add_argument("--acl-file", type=Path, default=None,
                    help="who may register, submit, grant and administer, by certificate CN")
-    s.add_argument("--peer-ca", default=None,
+    s.add_argument("--peer-ssl-ca-file", default=None,
                    help="cluster CA: peers must present a certificate it signed (mTLS)")
-    s.add_argument("--peer-cert", default=None, help="this node's peer certificate (PEM)")
-    s.add_argument("--peer-key", default=None, help="this node's peer private key (PEM)")
-    s.add_argument("--etcd-cacert", default=None, help="CA of etcd's server certificate")
-    s.add_argument("--etcd-cert", default=None, help="client certificate for etcd")
-    s.add_argument("--etcd-key", default=None, help="client key for etcd")
+    s.add_argument("--peer-ssl-certificate", default=None,
+                   help="this node's peer certificate (PEM), signed by the cluster CA")
+    s.add_argument("--peer-ssl-key", default=None, help="this node's peer private key (PEM)")
+    s.add_argument("--etcd-cacert", "--etcd-ca", default=None,
+                   help="CA of etcd's server certificate (etcdctl's --cacert)")
+    s.add_argument("--etcd-cert", default=None, help="client certificate for etcd (--cert)")
+    s.add_argument("--etcd-key", default=None, help="client key for etcd (--key)")
 
 
 def _apply_env_defaults(p: argparse.ArgumentParser) -> None:

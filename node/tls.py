@@ -49,7 +49,7 @@ def gearmand_env_override(files: TLSFiles, env: Mapping[str, str] = os.environ) 
                     key=env.get(GEARMAND_ENV["ssl_key"]) or files.key)
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, cert_flag: str, key_flag: str) -> None:
+def load_chain(ctx: ssl.SSLContext, cert: str, key: str, cert_flag: str, key_flag: str) -> None:
     try:
         ctx.load_cert_chain(cert, key)
     except ssl.SSLError as e:
@@ -57,7 +57,7 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, cert_flag: str, key_fl
                        f"do not load: {e.reason or e}") from None
 
 
-def _load_ca(ctx: ssl.SSLContext, ca: str, flag: str) -> None:
+def load_ca(ctx: ssl.SSLContext, ca: str, flag: str) -> None:
     try:
         ctx.load_verify_locations(cafile=ca)
     except ssl.SSLError as e:
@@ -75,12 +75,12 @@ def server_context(files: TLSFiles, *, verify_client: bool, want_client_cert: bo
     key = check_readable(files.key, "server key", key_flag)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_chain(ctx, cert, key, cert_flag, key_flag)
+    load_chain(ctx, cert, key, cert_flag, key_flag)
     if verify_client or want_client_cert:
         if not files.ca:
             need = "--ssl-verify-client" if verify_client else "--acl-file"
             raise TLSError(f"{need} needs {ca_flag} (the CA that signs client certificates)")
-        _load_ca(ctx, check_readable(files.ca, "CA file", ca_flag), ca_flag)
+        load_ca(ctx, check_readable(files.ca, "CA file", ca_flag), ca_flag)
         ctx.verify_mode = ssl.CERT_REQUIRED if verify_client else ssl.CERT_OPTIONAL
     elif files.ca:
         check_readable(files.ca, "CA file", ca_flag)

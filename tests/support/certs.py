@@ -42,6 +42,7 @@ class Pki:
     other_ca: Path
     other_server: Cert
     other_client: Cert
+    other_peer: Cert
     peer: Cert
     etcd_server: Cert
     etcd_client: Cert
@@ -130,6 +131,7 @@ def make_pki(d: Path) -> Pki:
         other_server=make_cert(d, other, "other-server", "gearmesh-server", san=LOCAL_SAN),
         other_client=make_cert(d, other, "other-client", "client", san=None,
                                usage="clientAuth"),
+        other_peer=make_cert(d, other, "other-peer", "gearmesh-peer", san=LOCAL_SAN),
         peer=make_cert(d, ca, "peer", "gearmesh-peer", san=LOCAL_SAN),
         etcd_server=make_cert(d, ca, "etcd-server", "etcd", san=LOCAL_SAN),
         etcd_client=make_cert(d, ca, "etcd-client", "gearmesh", san=None, usage="clientAuth"),

@@ -9,16 +9,20 @@ readiness through TLS.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import ssl
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import gear
 
 from tests.support.certs import Cert, Pki
+from tests.support.etcd import EtcdServer
 from tests.support.servers import GEARMESH, ServerProcess, free_port
 from tests.support.waiting import wait_until
 
@@ -139,3 +143,37 @@ def run_cli(argv: Sequence[str], timeout: float = 60.0, env: dict[str, str] | No
                           input=input_text, stdin=None if input_text is not None
                           else subprocess.DEVNULL)
 
+
+
+class TLSEtcdServer(EtcdServer):
+    """etcd serving clients over TLS and requiring client certificates
+    (--client-cert-auth), on free ports like the plaintext one."""
+
+    def __init__(self, pki: Pki, data_dir: Path) -> None:
+        super().__init__("etcd-tls", data_dir=str(data_dir))
+        self.pki = pki
+
+    @property
+    def client_url(self) -> str:
+        return f"https://{self.host}:{self.client_port}"
+
+    def _argv(self) -> list[str]:
+        s = self.pki.etcd_server
+        return [*super()._argv(), "--cert-file", str(s.cert), "--key-file", str(s.key),
+                "--trusted-ca-file", str(self.pki.ca), "--client-cert-auth"]
+
+    def client_args(self) -> list[str]:
+        """gearmesh's flags for this etcd (etcdctl's --cacert/--cert/--key)."""
+        c = self.pki.etcd_client
+        return ["--etcd", self.endpoint, "--etcd-cacert", str(self.pki.ca),
+                "--etcd-cert", str(c.cert), "--etcd-key", str(c.key)]
+
+    def healthy(self) -> bool:
+        ctx = context(self.pki.ca, self.pki.etcd_client)
+        try:
+            with urllib.request.urlopen(self.client_url + "/health", timeout=1.0,
+                                        context=ctx) as resp:
+                body = json.loads(resp.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        return bool(body.get("health") in ("true", True))
