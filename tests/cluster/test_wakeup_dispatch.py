@@ -39,10 +39,10 @@ SEED_CLIENT = next(
     REPO.parent / "shared" / "seed-examples" / "3-parallel-tasks" / "client.php",
 )
 SUMS = {"5050", "15150", "25250", "35350", "45450"}
-JOB_S = 0.6  # the seed sleeps 1 s; shorter keeps the suite fast and still shows waves
-# One wave plus the PHP client's start-up and the wake-ups; a second wave
-# would take the round to 2 x JOB_S = 1.2 s.
-ROUND_LIMIT = JOB_S + 0.5
+JOB_S = 0.8  # the seed sleeps 1 s; shorter keeps the suite fast and still shows waves
+# A second wave takes a round past 2 x JOB_S, whatever the machine's load;
+# one wave leaves 0.7 x JOB_S for the PHP client's start-up and the wake-ups.
+ROUND_LIMIT = 1.9 * JOB_S
 ROUNDS = 20  # the count: waves showed in 1 of 10 to 4 of 8 rounds
 NOOPS_PER_JOB_LIMIT = 3.0  # gearmand's default (wake every sleeper) sends 15 here
 
