@@ -85,16 +85,19 @@ def _cross_node_job(client_node: ClusterNode, worker_node: ClusterNode) -> bytes
         return done.args()[1]
 
 
-def test_mtls_peers_and_tls_etcd(etcd: TLSEtcdServer, pki: Pki, tmp_path: Path) -> None:
-    n1 = _node(etcd, pki, "n1", tmp_path, *_peer_args(pki, pki.peer))
-    n2 = _node(etcd, pki, "n2", tmp_path, *_peer_args(pki, pki.peer))
+def test_three_nodes_with_mtls_peers_and_tls_etcd(etcd: TLSEtcdServer, pki: Pki,
+                                                  tmp_path: Path) -> None:
+    nodes = [_node(etcd, pki, f"n{i}", tmp_path, *_peer_args(pki, pki.peer))
+             for i in (1, 2, 3)]
+    n1, n2, n3 = nodes
     try:
-        n1.start()
-        n2.start()  # ready = registered through TLS etcd and active in the map
-        wait_until(lambda: n1.epoch() is not None and n1.epoch() == n2.epoch(), 30,
-                   what="one map on both nodes")
-        # A job crosses nodes over the mTLS link: the only worker is on n2.
-        assert _cross_node_job(n1, n2) == b"SLTm revo"
+        for n in nodes:
+            n.start()  # ready = registered through TLS etcd and active in the map
+        wait_until(lambda: n1.epoch() is not None
+                   and len({n.epoch() for n in nodes}) == 1, 30, what="one map on all nodes")
+        # Jobs cross nodes over the mTLS link: the only worker is on n3, then n2.
+        assert _cross_node_job(n1, n3) == b"SLTm revo"
+        assert _cross_node_job(n3, n2) == b"SLTm revo"
         address = _peer_address(n1)
         no_cert = context(pki.ca, check_hostname=False)
         no_cert.set_alpn_protocols(["h2"])
@@ -109,10 +112,10 @@ def test_mtls_peers_and_tls_etcd(etcd: TLSEtcdServer, pki: Pki, tmp_path: Path) 
         assert results["member"] == "n1", results
         for name in ("plaintext", "no certificate", "foreign"):
             assert results[name].startswith("refused"), results
-        assert n1.running and n2.running
+        assert all(n.running for n in nodes)
     finally:
-        n2.stop(10)
-        n1.stop(10)
+        for n in reversed(nodes):
+            n.stop(10)
 
 
 def test_a_node_with_a_foreign_certificate_cannot_join_the_link(
