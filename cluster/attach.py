@@ -21,6 +21,7 @@ from cluster.membership import Membership
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks, PeerLinkServer
 from cluster.router import Router
+from cluster.security import ClusterSecurity
 from node.config import NodeConfig
 from node.server import Node
 
@@ -35,18 +36,22 @@ def _version() -> str:
 
 
 class ClusterExtension:
-    def __init__(self, node: Node, cfg: NodeConfig) -> None:
+    def __init__(self, node: Node, cfg: NodeConfig,
+                 security: ClusterSecurity | None = None) -> None:
         self.node = node
         self.cfg = cfg
         self.node_id = cfg.effective_node_id
-        self.links = PeerLinks(self.node_id, outbox_high=cfg.peer_outbox)
+        self.security = security or ClusterSecurity()
+        self.links = PeerLinks(self.node_id, outbox_high=cfg.peer_outbox,
+                               ssl_context=self.security.peer_client)
         # Back-pressure: a full outbox to a peer pauses the connections that
         # feed this node; our store falling behind stops reading peers.
         self.links.on_outbox(lambda peer: node.pause_feeding(f"peer {peer}"),
                              lambda peer: node.resume_feeding(f"peer {peer}"))
         self.links.set_intake_gate(node.intake_gate)
         node.peer_outboxes = self.links.outboxes
-        self.server = PeerLinkServer(self.links, host=cfg.listen or "0.0.0.0", port=cfg.peer_port)
+        self.server = PeerLinkServer(self.links, host=cfg.listen or "0.0.0.0", port=cfg.peer_port,
+                                     ssl_context=self.security.peer_server)
         self.router = Router(self.node_id, node.manager, node.dispatcher, self.links,
                              node.counters)
         self.links.on_frames(self.router.on_frames)
@@ -79,7 +84,8 @@ class ClusterExtension:
                           gearman_address=f"{host}:{self.node.port}", http_address=http,
                           state="joining", version=_version(), started_at=time.time())
         self.membership = Membership(cfg.etcd or "", cfg.etcd_prefix, self.node_id, info,
-                                     lease_ttl=cfg.lease_ttl, on_change=self._on_map)
+                                     lease_ttl=cfg.lease_ttl, on_change=self._on_map,
+                                     etcd_credentials=self.security.etcd)
         self.node.manager.cluster = self.router
         self.node.dispatcher.set_forwarder(self.router)
         self._metrics_task = asyncio.get_running_loop().create_task(self._copy_link_totals())
@@ -169,5 +175,6 @@ class ClusterExtension:
         await self.server.stop(0.5)
 
 
-def attach_cluster(node: Node, cfg: NodeConfig) -> ClusterExtension:
-    return ClusterExtension(node, cfg)
+def attach_cluster(node: Node, cfg: NodeConfig,
+                   security: ClusterSecurity | None = None) -> ClusterExtension:
+    return ClusterExtension(node, cfg, security)

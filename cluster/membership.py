@@ -25,11 +25,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Final
 
 import aetcd
+import grpc
 
-from cluster.etcdclient import make_client
+from cluster.etcdclient import make_channel, make_client
 from cluster.keepalive import LeaseKeeper
 from cluster.memberinfo import MemberInfo, NodeState
 from cluster.partition import PartitionMap
@@ -83,6 +85,7 @@ class Membership:
         *,
         replicas: int = 1,
         max_backoff: float = 5.0,
+        etcd_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         if not node_id or "/" in node_id:
             raise ValueError(f"node id {node_id!r} must be non-empty and contain no '/'")
@@ -98,6 +101,8 @@ class Membership:
         self._on_change = on_change
         self._replicas = replicas
         self._max_backoff = max_backoff
+        # TLS to etcd (cluster/security.py); None: plaintext.
+        self._creds = etcd_credentials
 
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -148,7 +153,9 @@ class Membership:
         if self._task is None and not self._closing:
             loop = asyncio.get_running_loop()
             self._keeper = LeaseKeeper(self._endpoints, self._ttl, self._lease_lost,
-                                       loop.call_soon_threadsafe)
+                                       loop.call_soon_threadsafe,
+                                       channel_factory=partial(make_channel,
+                                                               credentials=self._creds))
             self._keeper.keep(self._lease_id)
             self._keeper.start()
             self._task = asyncio.get_running_loop().create_task(
@@ -216,7 +223,7 @@ class Membership:
         failures = 0
         while not self._closing:
             host, port = self._endpoints[failures % len(self._endpoints)]
-            client = make_client(host, port, self._rpc_timeout)
+            client = make_client(host, port, self._rpc_timeout, self._creds)
             try:
                 await self._session(client, f"{host}:{port}")
             except asyncio.CancelledError:
@@ -464,7 +471,7 @@ class Membership:
 
     async def _revoke(self, lease_id: int) -> None:
         for host, port in self._endpoints:
-            client = make_client(host, port, self._rpc_timeout)
+            client = make_client(host, port, self._rpc_timeout, self._creds)
             try:
                 await client.revoke_lease(lease_id)
                 log.info("node %s: left the cluster (lease %x revoked)", self.node_id, lease_id)

@@ -48,6 +48,7 @@ import dataclasses
 import enum
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -148,8 +149,11 @@ class PeerLinks:
         connect_timeout: float = 5.0,
         max_backoff: float = 2.0,
         outbox_high: int = OUTBOX_HIGH,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.node_id = node_id
+        # mTLS to peers (cluster/security.py); None: plaintext.
+        self._ssl = ssl_context
         #: The partition-map epoch stamped on frames sent from now on.
         self.epoch = epoch
         self._cap = max_batch_bytes
@@ -324,7 +328,7 @@ class PeerLinks:
             await asyncio.sleep(ceiling * random.uniform(0.5, 1.0))
 
     async def _session(self, link: _Link) -> None:
-        channel = open_channel(link.address)
+        channel = open_channel(link.address, self._ssl)
         try:
             async with channel.request(LINK_METHOD, STREAM_STREAM, Batch, Batch,
                                        metadata={NODE_HEADER: self.node_id}) as stream:
@@ -445,6 +449,11 @@ class PeerLinks:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, GRPCError):
         return f"{exc.status.name}: {exc.message}"
+    if isinstance(exc, ssl.SSLError):
+        # The peer's CA did not sign our certificate (it says "unknown ca"), or
+        # ours did not sign the peer's, or the peer does not speak TLS.
+        return (f"TLS handshake refused ({exc.reason or exc}): both nodes need "
+                "certificates from the cluster CA (--peer-ssl-*)")
     if isinstance(exc, TimeoutError):
         return "handshake timed out"
     if isinstance(exc, StreamTerminatedError):
@@ -455,8 +464,10 @@ def _describe(exc: BaseException) -> str:
 class PeerLinkServer:
     """The gRPC server other nodes dial (``--peer-port``); feeds PeerLinks."""
 
-    def __init__(self, links: PeerLinks, host: str = "0.0.0.0", port: int = 4731) -> None:
+    def __init__(self, links: PeerLinks, host: str = "0.0.0.0", port: int = 4731,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._links = links
+        self._ssl = ssl_context
         self._host = host
         self._requested_port = port
         self._server: Any = None
@@ -465,9 +476,10 @@ class PeerLinkServer:
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0)."""
         self._server = await start_server(self._links.serve_stream, self._host,
-                                          self._requested_port)
+                                          self._requested_port, self._ssl)
         self.port = self._server.port
-        log.info("peer link listening on %s:%d", self._host, self.port)
+        log.info("peer link listening on %s:%d%s", self._host, self.port,
+                 " (mTLS)" if self._ssl is not None else "")
         return self.port
 
     async def stop(self, grace: float | None = 1.0) -> None:

@@ -15,10 +15,13 @@ import logging
 import os
 import signal
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from node.config import NodeConfig, add_serve_arguments, config_from_args
 from node.store import StoreError
+
+if TYPE_CHECKING:
+    from gearmesh.security import Security
 
 log = logging.getLogger("gearmesh")
 
@@ -128,15 +131,16 @@ def _startup_error(cfg: NodeConfig, message: str) -> int:
     return 2
 
 
-async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
+async def _serve(cfg: NodeConfig, ready_fd: int | None, security: Security) -> int:
     from node.server import Node, drop_privileges
 
     node = Node(cfg)
+    node.tls, node.acl = security.gearman_tls, security.acl
     if cfg.etcd:
         # Attached (not started) now, so /readyz waits for the cluster join.
         from cluster.attach import attach_cluster
         from cluster.views import ClusterViews
-        ext = attach_cluster(node, cfg)
+        ext = attach_cluster(node, cfg, security.cluster)
         node.extensions.append(ext)
         # The HTTP API's view of the other nodes (node/ cannot import cluster/).
         node.cluster_views = ClusterViews(cfg.effective_node_id, lambda: ext.membership,
@@ -162,7 +166,9 @@ async def _serve(cfg: NodeConfig, ready_fd: int | None) -> int:
     try:
         await node.listen()
     except OSError as e:
-        return _startup_error(cfg, f"cannot listen on {cfg.listen}:{cfg.port}: {e.strerror or e}")
+        where = (f"127.0.0.1:{cfg.admin_port} (--admin-port)" if node.port_open()
+                 else f"{cfg.listen}:{cfg.port}")
+        return _startup_error(cfg, f"cannot listen on {where}: {e.strerror or e}")
     if cfg.pid_file:
         # Before dropping privileges, as gearmand does: /var/run is root's.
         try:
@@ -213,6 +219,11 @@ def serve(ns: argparse.Namespace) -> int:
     if cfg.etcd and cfg.job_handle_prefix:
         fail("--job-handle-prefix cannot be used with --etcd: in a cluster a handle "
              "must name its node (H:<node-id>)")
+    from gearmesh.security import SecurityError, load_security
+    try:
+        security = load_security(cfg)
+    except SecurityError as e:
+        fail(str(e))
     if cfg.pid_file:
         cfg.pid_file = os.path.abspath(cfg.pid_file)
     if cfg.log_file not in ("stderr", "none"):
@@ -229,9 +240,9 @@ def serve(ns: argparse.Namespace) -> int:
     sys.setswitchinterval(0.0005)
     try:
         import uvloop
-        rc = uvloop.run(_serve(cfg, ready_fd))
+        rc = uvloop.run(_serve(cfg, ready_fd, security))
     except ImportError:
-        rc = asyncio.run(_serve(cfg, ready_fd))
+        rc = asyncio.run(_serve(cfg, ready_fd, security))
     # The loop's signal handlers are gone; a second SIGTERM from an impatient
     # supervisor must not turn a clean exit into "killed by signal".
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

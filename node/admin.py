@@ -117,6 +117,9 @@ class Admin:
             return b"OK %d\n" % self.ctx.pid
         if word == b"verbose":
             return b"OK " + self.ctx.verbose.encode() + b"\n"
+        if word == b"acl":
+            # gear's reply when no ACL is configured (node/guard.py answers otherwise).
+            return b"ERR ACL_DISABLED\n"
         if word == b"shutdown" and self.ctx.shutdown is not None:
             # gearmand 1.1.20 has no shutdown command; later gearmands and
             # gear.Server accept `shutdown [graceful]`.

@@ -49,6 +49,21 @@ class NodeConfig:
     peer_port: int = 4731
     advertise: str | None = None
     lease_ttl: int = 5
+    # security (docs/security.md)
+    ssl: bool = False
+    ssl_ca_file: str | None = None
+    ssl_certificate: str | None = None
+    ssl_key: str | None = None
+    ssl_verify_client: bool = False
+    ssl_handshake_timeout: float = 10.0
+    admin_port: int = 0
+    acl_file: Path | None = None
+    peer_ssl_ca_file: str | None = None
+    peer_ssl_certificate: str | None = None
+    peer_ssl_key: str | None = None
+    etcd_cacert: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
 
     @property
     def effective_node_id(self) -> str:
@@ -206,7 +221,46 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--peer-port", type=_port, default=d.peer_port)
     c.add_argument("--advertise", default=None, help="address other nodes reach us at")
     c.add_argument("--lease-ttl", type=_nonneg, default=d.lease_ttl)
+    _add_security_arguments(p, d)
     _apply_env_defaults(p)
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not n > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {value!r}")
+    return n
+
+
+def _add_security_arguments(p: argparse.ArgumentParser, d: NodeConfig) -> None:
+    s = p.add_argument_group("security (docs/security.md)")
+    s.add_argument("--ssl", action="store_true",
+                   help="TLS on the Gearman port (gearmand's flag); GEARMAND_CA_CERTIFICATE, "
+                        "GEARMAND_SERVER_PEM, GEARMAND_SERVER_KEY override the files")
+    s.add_argument("--ssl-ca-file", default=None, help="CA that signs client certificates")
+    s.add_argument("--ssl-certificate", default=None, help="server certificate (PEM)")
+    s.add_argument("--ssl-key", default=None, help="server private key (PEM)")
+    s.add_argument("--ssl-verify-client", action="store_true",
+                   help="require a client certificate signed by --ssl-ca-file")
+    s.add_argument("--ssl-handshake-timeout", type=_positive_seconds,
+                   default=d.ssl_handshake_timeout,
+                   help="seconds a TLS handshake may take before the connection is dropped (10)")
+    s.add_argument("--admin-port", type=_port, default=d.admin_port,
+                   help="plaintext admin-text-only listener on 127.0.0.1 (0 = none)")
+    s.add_argument("--acl-file", type=Path, default=None,
+                   help="who may register, submit, grant and administer, by certificate CN")
+    s.add_argument("--peer-ssl-ca-file", default=None,
+                   help="cluster CA: peers must present a certificate it signed (mTLS)")
+    s.add_argument("--peer-ssl-certificate", default=None,
+                   help="this node's peer certificate (PEM), signed by the cluster CA")
+    s.add_argument("--peer-ssl-key", default=None, help="this node's peer private key (PEM)")
+    s.add_argument("--etcd-cacert", "--etcd-ca", default=None,
+                   help="CA of etcd's server certificate (etcdctl's --cacert)")
+    s.add_argument("--etcd-cert", default=None, help="client certificate for etcd (--cert)")
+    s.add_argument("--etcd-key", default=None, help="client key for etcd (--key)")
 
 
 def _apply_env_defaults(p: argparse.ArgumentParser) -> None:

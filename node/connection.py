@@ -19,6 +19,7 @@ from node.admin import Admin
 from node.config import NodeConfig
 from node.dispatch import Dispatcher
 from node.flowcontrol import FlowControl
+from node.guard import Guard
 from node.jobs import JobManager
 from node.session import Session
 from node.stats import Counters
@@ -51,13 +52,18 @@ class ConnectionHost(Protocol):
 
     def release(self, conn: GearmanConnection) -> None: ...
 
+    def guard_for(self, transport: asyncio.BaseTransport, admin_only: bool) -> Guard | None: ...
+
 
 class GearmanConnection(asyncio.Protocol):
-    __slots__ = ("_decoder", "_fed_paused", "_flush_scheduled", "_node", "_out", "_paused",
-                 "_transport", "session")
+    __slots__ = ("_admin_only", "_decoder", "_fed_paused", "_flush_scheduled", "_node", "_out",
+                 "_paused", "_transport", "guard", "session")
 
-    def __init__(self, node: ConnectionHost) -> None:
+    def __init__(self, node: ConnectionHost, admin_only: bool = False) -> None:
         self._node = node
+        self._admin_only = admin_only
+        # Consulted before any request is handled; None when nothing is checked.
+        self.guard: Guard | None = None
         self._decoder = P.Decoder(node.config.max_packet)
         self._transport: asyncio.Transport | None = None
         self._paused = False  # the peer does not read our replies
@@ -91,6 +97,7 @@ class GearmanConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=max(65536, high // 16))
         self.session = Session(node.new_session_id(), self._write, ip, fd)
         self.session.flush = self._flush
+        self.guard = node.guard_for(transport, self._admin_only)
         node.dispatcher.attach(self.session)
 
     def _write(self, data: bytes) -> None:
@@ -121,6 +128,7 @@ class GearmanConnection(asyncio.Protocol):
         if s is None:
             return
         handlers = self._node.dispatcher.handlers
+        guard = self.guard
         submitted = False
         for ev in self._decoder.feed(data):
             ptype = ev[0]
@@ -128,13 +136,21 @@ class GearmanConnection(asyncio.Protocol):
                 if ptype in _SUBMITS:
                     submitted = True
                 try:
+                    if guard is not None:
+                        refusal = guard.packet(ptype, ev[1])
+                        if refusal is not None:
+                            if refusal:
+                                s.send(refusal)
+                            continue
                     handlers[ptype](s, ev[1])
                 except Exception:
                     # A bug must cost this request, not the node or other clients.
                     log.exception("error handling packet type %d from %s", ptype, s.peer)
                     s.send(P.error_packet(b"SERVER_ERROR", b"Internal error"))
             elif ptype == P.TEXT:
-                reply = self._node.admin.handle(s, ev[1])
+                reply = guard.admin(ev[1]) if guard is not None else None
+                if reply is None:
+                    reply = self._node.admin.handle(s, ev[1])
                 if reply is None:
                     self._close()
                     return

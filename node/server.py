@@ -11,20 +11,24 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from node.acl import ACL
 from node.admin import Admin, AdminContext
 from node.clock import LoopClock
 from node.config import NodeConfig
 from node.connection import GearmanConnection
 from node.dispatch import Dispatcher
 from node.flowcontrol import FlowControl, Watermarks
+from node.guard import Guard
 from node.jobs import JobManager, ManagerConfig
 from node.looplag import LagHistogram, LoopLagMonitor
 from node.stats import Counters, FunctionStat, JobSnapshot, WorkerSnapshot
 from node.store import CommitStats, Store, open_store
+from node.tls import subject_cn
 
 if TYPE_CHECKING:
     from node.api import ClusterViews
@@ -68,6 +72,11 @@ class Node:
         self.cluster_views: ClusterViews | None = None
         self._connections: set[GearmanConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._admin_server: asyncio.base_events.Server | None = None
+        # Set by the command line before listen(): TLS for the Gearman port and
+        # the access list (both loaded and checked at start-up).
+        self.tls: ssl.SSLContext | None = None
+        self.acl: ACL | None = None
         self._http: object | None = None
         self._next_sid = 0
         self._replayed = False
@@ -137,6 +146,9 @@ class Node:
         """
         if self.config.http_actions != "on":
             return False, "actions over HTTP are off (--http-actions off)"
+        if self.acl is not None:
+            # No certificate, no name: the ACL cannot grant this caller anything.
+            return False, "the node has an ACL (--acl-file): actions need a certificate"
         return True, ""
 
     @property
@@ -208,6 +220,17 @@ class Node:
         self.counters.connections_accepted += 1
         return True
 
+    def guard_for(self, transport: asyncio.BaseTransport, admin_only: bool) -> Guard | None:
+        """The permission check for a new connection (None: nothing to check)."""
+        if self.acl is None and not admin_only:
+            return None
+        subject = None if admin_only else subject_cn(transport.get_extra_info("peercert"))
+        return Guard(self.acl, subject, function_of=self._function_of, admin_only=admin_only)
+
+    def _function_of(self, handle: bytes) -> bytes | None:
+        job = self.manager.job_by_handle(handle)
+        return None if job is None else job.fn.name.split(b"\0", 1)[0]
+
     def release(self, conn: GearmanConnection) -> None:
         self._connections.discard(conn)
 
@@ -247,10 +270,22 @@ class Node:
 
     async def listen(self) -> None:
         cfg = self.config
+        tls = self.tls
         self.looplag.start()
         self._server = await self.loop.create_server(
             lambda: GearmanConnection(self), host=cfg.listen or None, port=cfg.port,
-            reuse_address=True, backlog=1024)
+            reuse_address=True, backlog=1024, ssl=tls,
+            # A client that never finishes its handshake is dropped after this.
+            ssl_handshake_timeout=cfg.ssl_handshake_timeout if tls is not None else None)
+        if cfg.admin_port:
+            # Plaintext for local tools (gearadmin, probes): loopback only, and
+            # text commands only, so it cannot submit or register.
+            self._admin_server = await self.loop.create_server(
+                lambda: GearmanConnection(self, admin_only=True), host="127.0.0.1",
+                port=cfg.admin_port, reuse_address=True)
+
+    def port_open(self) -> bool:
+        return self._server is not None
 
     @property
     def port(self) -> int:
@@ -298,6 +333,8 @@ class Node:
         log.warning("shutting down (%s)", "draining" if graceful else "now")
         if self._server is not None:
             self._server.close()
+        if self._admin_server is not None:
+            self._admin_server.close()
         if graceful:
             # One budget for the whole drain (handing work over, then waiting
             # for running jobs), so a pod's terminationGracePeriodSeconds

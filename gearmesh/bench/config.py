@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from gearmesh.bench.owner import OwnedKeys, parse_nodes
+from gearmesh.bench.tls import ClientTLS
 from gearmesh.bench.wire import Server, parse_servers
 
 SCENARIOS = ("bg", "drain", "rt", "coalesce", "burst")
@@ -164,6 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds allowed for connecting and pre-filling (default 300)")
     parser.add_argument("--grace", type=float, default=30.0,
                         help="seconds to wait for outstanding jobs after a run (default 30)")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="speak TLS to every server, checking its chain against this CA")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (with --tls-ca)")
+    parser.add_argument("--tls-key", metavar="FILE", help="its private key")
 
 
 def resolve(args: argparse.Namespace) -> Config:
@@ -249,6 +254,13 @@ def _server_lists(
     else:
         servers = (Server("127.0.0.1", 4730),)
     servers += tuple(dict.fromkeys(s for s in clients + workers if s not in servers))
+    ca: str | None = getattr(args, "tls_ca", None)
+    if ca:
+        tls = ClientTLS(ca, getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
+        servers, clients, workers = (tuple(replace(s, tls=tls) for s in group)
+                                     for group in (servers, clients, workers))
+    elif getattr(args, "tls_cert", None):
+        raise ValueError("--tls-cert needs --tls-ca")
     return servers, clients or servers, workers or servers
 
 

@@ -18,6 +18,7 @@ from typing import TypeVar, cast
 
 # The packet numbers are the node's own (node/protocol.py is sans-IO and cheap
 # to import); the load generator only adds fast framing of its own.
+from gearmesh.bench.tls import ClientTLS, context
 from node.protocol import GRAB_JOB_UNIQ, PRE_SLEEP, REQ, RES, WORK_COMPLETE
 
 _HEADER = struct.Struct(">4sII")
@@ -133,6 +134,7 @@ class PacketProtocol(asyncio.Protocol):
 class Server:
     host: str
     port: int
+    tls: ClientTLS | None = None
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -160,7 +162,8 @@ P = TypeVar("P", bound=PacketProtocol)
 async def open_connection(server: Server, factory: Callable[[], P], timeout: float = 10.0) -> P:
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
-        loop.create_connection(factory, server.host, server.port), timeout
+        loop.create_connection(factory, server.host, server.port,
+                               ssl=context(server.tls) if server.tls else None), timeout
     )
     return proto
 
@@ -172,7 +175,8 @@ def admin_command(server: Server, command: str, timeout: float = 10.0) -> list[s
     """Send one admin command and return its reply lines (without the
     terminating "." for list replies)."""
     deadline = time.monotonic() + timeout
-    with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
+    with socket.create_connection((server.host, server.port), timeout=timeout) as raw, \
+            (context(server.tls).wrap_socket(raw) if server.tls else raw) as sock:
         sock.sendall(command.encode() + b"\n")
         buf = b""
         while True:

@@ -97,3 +97,7 @@ def spawn_child() -> Generator[Callable[..., Spawned], None, None]:
 def cluster_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="gearmesh.cluster")
     return caplog
+
+
+# The TLS tests' certificates (made once per session with openssl).
+from tests.support.certs import pki  # noqa: E402, F401

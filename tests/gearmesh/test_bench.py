@@ -497,3 +497,24 @@ def test_rt_three_way_on_a_cluster_forwards_every_submit(tmp_path: Path) -> None
     assert rc == 0, doc
     assert doc["metrics"]["done"] == took == 200
     assert delta["n2"]["completed"] == 200
+
+
+@pytest.mark.timeout(90)
+def test_rt_and_bg_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    from tests.support.certs import make_pki
+    from tests.support.tlsclients import tls_server
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    who = pki.client("client")
+    tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(who.cert), "--tls-key", str(who.key)]
+    with tls_server(pki, "--ssl-verify-client", probe=who, workdir=tmp_path / "node") as node:
+        rc, doc = bench("rt", "--servers", node.address, "--jobs", "300", "--clients", "2",
+                        "--workers", "2", *tls)
+        assert rc == 0, doc
+        assert doc["metrics"]["done"] == 300 and doc["metrics"]["mismatch"] == 0
+        rc, doc = bench("bg", "--servers", node.address, "--jobs", "300", *tls)
+        assert rc == 0, doc
+        # Without a certificate the node refuses the handshake: the run fails.
+        rc, _ = bench("rt", "--servers", node.address, "--jobs", "10", "--tls-ca", str(pki.ca))
+        assert rc != 0

@@ -46,6 +46,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "etcd": {"enabled": False, "endpoints": EXTERNAL_ETCD},
         "networkPolicy": {"enabled": True, "egress": {"restrict": True, "etcdPorts": [2379, 2381]}},
     },
+    "tls": {
+        "etcd": {"enabled": False, "endpoints": EXTERNAL_ETCD},
+        "tls": {
+            "gearman": {"secret": "gm-tls", "verifyClient": True, "aclConfigMap": "gm-acl",
+                        "testClientSecret": "gm-test-client"},
+            "peer": {"secret": "gm-peer-tls"},
+            "etcd": {"secret": "gm-etcd-tls"},
+        },
+    },
     "everything": {
         "image": {"repository": "registry.example/gearmesh", "digest": "sha256:" + "a" * 64},
         "imagePullSecrets": [{"name": "regcred"}],

@@ -635,3 +635,50 @@ def test_notes_tell_php_users_where_to_connect(helm_bin: Path) -> None:
     assert "{{" not in notes and "<no value>" not in notes
     locked = render.render_notes(SCENARIOS["network-policy"])
     assert f"{FULL}-client=true" in locked
+
+
+# ------------------------------------------------------------------- TLS
+
+
+@pytest.mark.timeout(60)
+def test_tls_secrets_become_flags_and_mounts(helm_bin: Path) -> None:
+    docs = render.render(SCENARIOS["tls"])
+    _, env = node_command(docs)
+    assert env["GEARMESH_SSL"] == "true"
+    assert env["GEARMESH_SSL_VERIFY_CLIENT"] == "true"
+    files = {k: env[k] for k in ("GEARMESH_SSL_CERTIFICATE", "GEARMESH_SSL_KEY",
+                                 "GEARMESH_SSL_CA_FILE", "GEARMESH_ACL_FILE",
+                                 "GEARMESH_PEER_SSL_CA_FILE", "GEARMESH_PEER_SSL_CERTIFICATE",
+                                 "GEARMESH_PEER_SSL_KEY", "GEARMESH_ETCD_CACERT",
+                                 "GEARMESH_ETCD_CERT", "GEARMESH_ETCD_KEY")}
+    sts = find(docs, "StatefulSet", FULL)
+    spec = pod_spec(sts)
+    mounts = {m["mountPath"]: m["name"] for m in node_container(docs)["volumeMounts"]}
+    sources = {v["name"]: v.get("secret", {}).get("secretName")
+               or v.get("configMap", {}).get("name") for v in spec["volumes"]}
+    want = {"/etc/gearmesh/tls/gearman": "gm-tls", "/etc/gearmesh/acl": "gm-acl",
+            "/etc/gearmesh/tls/peer": "gm-peer-tls", "/etc/gearmesh/tls/etcd": "gm-etcd-tls"}
+    for path in files.values():
+        directory = path.rsplit("/", 1)[0]
+        assert sources[mounts[directory]] == want[directory], path
+    # The probes stay on HTTP, which TLS does not touch.
+    c = node_container(docs)
+    assert c["readinessProbe"]["httpGet"]["port"] == "http"
+    # helm test speaks TLS with the CA (only: no server key in the test pod)
+    # and the test client's certificate.
+    pod = find(docs, "Pod", f"{FULL}-test")
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("--tls-ca") + 1] == "/etc/gearmesh-tls/ca.crt"
+    assert args[args.index("--tls-cert") + 1] == "/etc/gearmesh-tls-client/tls.crt"
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert vols["tls"]["secret"] == {"secretName": "gm-tls",
+                                     "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert vols["tls-client"]["secret"]["secretName"] == "gm-test-client"
+
+
+@pytest.mark.timeout(60)
+def test_tls_refuses_inconsistent_values(helm_bin: Path) -> None:
+    with pytest.raises(render.HelmError, match=r"tls\.etcd\.secret is for an existing etcd"):
+        render.render({"tls": {"etcd": {"secret": "x"}}})
+    with pytest.raises(render.HelmError, match=r"need tls\.gearman\.secret"):
+        render.render({"tls": {"gearman": {"verifyClient": True}}})

@@ -95,3 +95,24 @@ def test_fails_when_the_server_is_down() -> None:
     run = run_script("--worker", dead, "--client", dead, "--jobs", "1", "--timeout", "2")
     assert run.returncode == 1
     assert "cannot connect" in run.stdout
+
+
+@pytest.mark.timeout(90)
+def test_jobs_round_trip_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    """The chart's TLS mode: the test pod dials a node that requires client
+    certificates (--ssl-verify-client), verifying the chain only."""
+    from tests.support.certs import make_pki
+    from tests.support.tlsclients import tls_server
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    client = pki.client("client")
+    with tls_server(pki, "--ssl-verify-client", probe=client, workdir=tmp_path / "n") as node:
+        run = run_script("--worker", node.address, "--client", node.address, "--jobs", "5",
+                         "--timeout", "30", "--tls-ca", str(pki.ca), "--tls-cert",
+                         str(client.cert), "--tls-key", str(client.key), timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert run.stdout.count("ok   via") == 1
+        plain = run_script("--worker", node.address, "--client", node.address, "--jobs", "1",
+                           "--timeout", "3")
+        assert plain.returncode == 1

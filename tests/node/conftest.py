@@ -190,3 +190,7 @@ def make_harness(clock: FakeClock) -> Callable[..., Harness]:
 @pytest.fixture
 def harness(make_harness: Callable[..., Harness]) -> Harness:
     return make_harness()
+
+
+# The TLS and ACL tests' certificates (made once per session with openssl).
+from tests.support.certs import pki  # noqa: E402, F401

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import ssl
+
 from tests.support.rawclient import RawClient
 from tests.support.waiting import wait_until
 
 Address = tuple[str, int] | str
 
 
-def admin_list(address: Address, command: str) -> list[str]:
-    with RawClient(address) as conn:
+def admin_list(address: Address, command: str, tls: ssl.SSLContext | None = None) -> list[str]:
+    with RawClient(address, tls=tls) as conn:
         return conn.admin_list(command)
 
 
-def status(address: Address) -> dict[str, tuple[int, int, int]]:
+def status(address: Address, tls: ssl.SSLContext | None = None
+           ) -> dict[str, tuple[int, int, int]]:
     """``status`` as {function: (total, running, workers)}."""
     out: dict[str, tuple[int, int, int]] = {}
-    for line in admin_list(address, "status"):
+    for line in admin_list(address, "status", tls):
         name, total, running, workers = line.rsplit("\t", 3)
         out[name] = (int(total), int(running), int(workers))
     return out
@@ -30,11 +33,12 @@ def wait_for_status(
     running: int | None = None,
     workers: int | None = None,
     timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, int, int]:
     """Poll ``status`` until ``func`` shows the given counters (None = any)."""
 
     def check() -> tuple[int, int, int] | None:
-        row = status(address).get(func)
+        row = status(address, tls).get(func)
         if row is None:
             return None
         want = (total, running, workers)
@@ -45,7 +49,7 @@ def wait_for_status(
     try:
         row = wait_until(check, timeout, what=f"{func!r} to show {(total, running, workers)}")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; status now: {status(address)}") from None
+        raise AssertionError(f"{exc}; status now: {status(address, tls)}") from None
     return row
 
 

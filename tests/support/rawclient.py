@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import ssl
 import struct
 import time
 from enum import IntEnum
@@ -109,13 +110,17 @@ _tokens = itertools.count(1)
 class RawClient:
     """One TCP connection to a Gearman server."""
 
-    def __init__(self, address: tuple[str, int] | str, timeout: float = 5.0) -> None:
+    def __init__(self, address: tuple[str, int] | str, timeout: float = 5.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         if isinstance(address, str):
             host, port = address.rsplit(":", 1)
             address = (host, int(port))
         self.timeout = timeout
-        self.sock = socket.create_connection(address, timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # With a context the TLS handshake happens here, so a refused
+        # certificate fails the constructor (ssl.SSLError).
+        self.sock = tls.wrap_socket(sock, server_hostname=address[0]) if tls else sock
         self._buf = bytearray()
 
     # -- low level -------------------------------------------------------
@@ -134,7 +139,7 @@ class RawClient:
             chunk = self.sock.recv(65536)
         except TimeoutError:
             raise TimeoutError(f"no data from server; buffered: {bytes(self._buf)!r}") from None
-        except ConnectionResetError as exc:
+        except (ConnectionResetError, ssl.SSLEOFError) as exc:
             raise ConnectionClosed(f"reset; buffered: {bytes(self._buf)!r}") from exc
         if not chunk:
             raise ConnectionClosed(f"EOF; buffered: {bytes(self._buf)!r}")

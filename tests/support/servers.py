@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -50,14 +51,15 @@ class ServerStartError(RuntimeError):
     """The server process died or never accepted connections."""
 
 
-def _echo_roundtrip(port: int, timeout: float) -> bool:
+def _echo_roundtrip(port: int, timeout: float, tls: ssl.SSLContext | None = None) -> bool:
     """True once the port accepts a connection and answers ECHO_REQ.
 
     Listening alone is not proof that the server speaks the protocol yet.
     """
     token = b"ready?"
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            sock = tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls else raw
             sock.sendall(b"\0REQ" + struct.pack(">II", 16, len(token)) + token)
             want = b"\0RES" + struct.pack(">II", 17, len(token)) + token
             got = b""
@@ -86,7 +88,10 @@ class ServerProcess:
         workdir: Path | None = None,
         env: Mapping[str, str] | None = None,
         start_timeout: float = 20.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        # A TLS port is probed for readiness through this client context.
+        self.tls = tls
         self.kind = kind or server_kind()
         self.extra_args = list(extra_args)
         self._owns_workdir = workdir is None
@@ -200,7 +205,7 @@ class ServerProcess:
                     f"{self.kind} exited with {proc.returncode} before accepting "
                     f"connections:\n{self.log_text()}"
                 )
-            if _echo_roundtrip(self.port, timeout=1.0):
+            if _echo_roundtrip(self.port, timeout=1.0, tls=self.tls):
                 return
             time.sleep(0.02)  # polling interval, not a synchronisation delay
         raise ServerStartError(

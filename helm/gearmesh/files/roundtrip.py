@@ -4,7 +4,10 @@ Used by the chart's `helm test` pod (it runs in the gearmesh image, so it
 uses the standard library only and speaks the Gearman binary protocol
 itself). Workers connect to the --worker addresses, clients submit jobs
 through each --client address; with the worker on one node and clients on
-the others, every job has to cross the cluster to be done.
+the others, every job has to cross the cluster to be done. With --tls-ca
+it speaks TLS (checking the servers' chain against that CA, not their
+names: it dials pod and Service names alike) and presents --tls-cert/--tls-key
+when given.
 
 Exit status 0 when every job came back with the expected result.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -59,7 +63,8 @@ class Conn:
 
     def __init__(self, addr: tuple[str, int], deadline: float) -> None:
         self.deadline = deadline
-        self.sock = connect_retrying(addr, deadline)
+        sock = connect_retrying(addr, deadline)
+        self.sock = TLS.wrap_socket(sock) if TLS is not None else sock
         self.buf = b""
 
     def send(self, data: bytes) -> None:
@@ -115,6 +120,19 @@ def connect_retrying(addr: tuple[str, int], deadline: float) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise ProtocolError(f"cannot connect to {addr[0]}:{addr[1]}: {last}")
+
+
+# Set by main() from --tls-ca/--tls-cert/--tls-key; None = plaintext.
+TLS: ssl.SSLContext | None = None
+
+
+def tls_context(ca: str, cert: str | None, key: str | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=ca)
+    ctx.check_hostname = False
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def result_for(payload: bytes) -> bytes:
@@ -193,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="HOST:PORT jobs are submitted through (repeatable)")
     ap.add_argument("--jobs", type=int, default=5, help="jobs per --client")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole run")
+    ap.add_argument("--tls-ca", help="speak TLS; the CA of the servers' certificates")
+    ap.add_argument("--tls-cert", help="client certificate to present (with --tls-ca)")
+    ap.add_argument("--tls-key", help="its private key")
     opts = ap.parse_args(argv)
+    global TLS
+    TLS = tls_context(opts.tls_ca, opts.tls_cert, opts.tls_key) if opts.tls_ca else None
 
     deadline = time.monotonic() + opts.timeout
     # A function name nobody else uses, so real workers never take these jobs.

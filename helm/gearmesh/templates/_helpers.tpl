@@ -170,6 +170,12 @@ at render time rather than as a crash-looping pod.
 {{- if and (not $clustered) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) -}}
 {{- fail "more than one gearmesh node needs etcd: set etcd.enabled=true or etcd.endpoints, or replicaCount=1 for a standalone node" -}}
 {{- end -}}
+{{- if and .Values.tls.etcd.secret .Values.etcd.enabled -}}
+{{- fail "tls.etcd.secret is for an existing etcd (etcd.enabled=false, etcd.endpoints); the bundled etcd serves plaintext" -}}
+{{- end -}}
+{{- if and (or .Values.tls.gearman.verifyClient .Values.tls.gearman.aclConfigMap) (not .Values.tls.gearman.secret) -}}
+{{- fail "tls.gearman.verifyClient and tls.gearman.aclConfigMap need tls.gearman.secret (client certificates need TLS)" -}}
+{{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
 {{- end -}}
