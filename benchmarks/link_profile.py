@@ -45,9 +45,9 @@ links = []
 _send = pl.PeerLinks.send
 _init = pl.PeerLinks.__init__
 
-def send(self, node_id, frame):
+def send(self, node_id, frame, *args, **kwargs):
     counts[(node_id, frame[0] if isinstance(frame, list) else "?")] += 1
-    return _send(self, node_id, frame)
+    return _send(self, node_id, frame, *args, **kwargs)
 
 def init(self, *a, **k):
     _init(self, *a, **k)
@@ -75,12 +75,14 @@ from gearmesh.cli import main
 sys.exit(main())
 '''
 
+# The cells of benchmarks/scale: name -> (bench arguments, jobs cap).
 CELLS = {
-    "rt32": ["rt", "--clients", "32", "--workers", "32"],
-    "rt32-spread": ["rt", "--clients", "32", "--workers", "32", "--worker-placement", "spread"],
-    "rt128": ["rt", "--clients", "128", "--workers", "64"],
-    "bg32x16": ["bg", "--conns", "32", "--inflight", "16", "--no-cleanup"],
-    "bg256": ["bg", "--conns", "256", "--inflight", "1", "--no-cleanup"],
+    "rt32": (["rt", "--clients", "32", "--workers", "32"], 200_000),
+    "rt32-spread": (["rt", "--clients", "32", "--workers", "32", "--worker-placement",
+                     "spread"], 200_000),
+    "rt128": (["rt", "--clients", "128", "--workers", "64"], 200_000),
+    "bg32x16": (["bg", "--conns", "32", "--inflight", "16", "--no-cleanup"], 400_000),
+    "bg256": (["bg", "--conns", "256", "--inflight", "1", "--no-cleanup"], 150_000),
 }
 
 
@@ -183,9 +185,11 @@ def main() -> int:
                      "-r", "200", "-f", "raw", "-p", str(pid),
                      "-d", str(int(a.seconds)), "-o", str(work / f"{n}.raw")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        cmd = [PY, "-m", "gearmesh", "bench", *CELLS[a.cell], "--jobs", "10000000",
+        args, cap = CELLS[a.cell]
+        bench_env = {k: v for k, v in os.environ.items() if k != "LINK_PROFILE_OUT"}
+        cmd = [PY, "-m", "gearmesh", "bench", *args, "--jobs", str(cap),
                "--duration", f"{a.seconds:g}", "--servers", servers, "--json", "--no-progress"]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=bench_env,
                               timeout=a.seconds * 3 + 60)
         cpu1 = {n: thread_cpu(pid) for n, pid in zip(names, pids, strict=True)}
         time.sleep(0.6)  # one more dump of the counters
@@ -198,6 +202,10 @@ def main() -> int:
     doc = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
     m = doc["metrics"]
     jobs = int(m.get("done", m.get("acked", 0)) or 0)
+    if not jobs:
+        print(f"link_profile: the bench ran no job: {proc.stdout[-1500:]} {proc.stderr[-1500:]}",
+              file=sys.stderr)
+        return 1
     rate = float(m.get("jobs_per_s", m.get("submits_per_s", 0.0)) or 0.0)
     print(f"# {a.cell} on 3 nodes, {a.cores:g} core each: {jobs:,} jobs, {rate:,.0f}/s, "
           f"checks {'ok' if doc.get('ok') else 'FAILED'}")
