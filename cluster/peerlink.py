@@ -72,7 +72,7 @@ MAX_BATCH_BYTES: Final = 1 << 20
 # that feed it (--peer-outbox); they are read again at a quarter of it.
 OUTBOX_HIGH: Final = 8 << 20
 # How long a frame sent with urgent=False may wait for an urgent one to ride
-# with (--peer-defer); it leaves after that even if nothing else is sent.
+# with (--peer-defer-ms); it leaves after that even if nothing else is sent.
 DEFER: Final = 0.002
 
 
