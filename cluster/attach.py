@@ -43,7 +43,8 @@ class ClusterExtension:
         self.node_id = cfg.effective_node_id
         self.security = security or ClusterSecurity()
         self.links = PeerLinks(self.node_id, outbox_high=cfg.peer_outbox,
-                               ssl_context=self.security.peer_client)
+                               ssl_context=self.security.peer_client,
+                               defer=cfg.peer_defer_ms / 1000)
         # Back-pressure: a full outbox to a peer pauses the connections that
         # feed this node; our store falling behind stops reading peers.
         self.links.on_outbox(lambda peer: node.pause_feeding(f"peer {peer}"),

@@ -72,6 +72,9 @@ MAX_BATCH_BYTES: Final = 1 << 20
 # Bytes queued for one peer at which the node stops reading the connections
 # that feed it (--peer-outbox); they are read again at a quarter of it.
 OUTBOX_HIGH: Final = 8 << 20
+# How long a frame sent with urgent=False may wait for an urgent one to ride
+# with (--peer-defer-ms); it leaves after that even if nothing else is sent.
+DEFER: Final = 0.002
 
 
 class LinkState(enum.Enum):
@@ -115,6 +118,8 @@ class _Link:
         self.idle = asyncio.Event()
         self.idle.set()
         self.task: asyncio.Task[None] | None = None
+        # Armed while deferred frames wait in the outbox with no urgent one.
+        self.deferred: asyncio.TimerHandle | None = None
         # Checked after every await: a cancellation alone may be swallowed
         # (see cluster/tasks.py).
         self.closed = False
@@ -150,6 +155,7 @@ class PeerLinks:
         max_backoff: float = 2.0,
         outbox_high: int = OUTBOX_HIGH,
         ssl_context: ssl.SSLContext | None = None,
+        defer: float = DEFER,
     ) -> None:
         self.node_id = node_id
         # mTLS to peers (cluster/security.py); None: plaintext.
@@ -158,6 +164,7 @@ class PeerLinks:
         self.epoch = epoch
         self._cap = max_batch_bytes
         self._outbox_high = outbox_high
+        self._defer = defer
         self._on_full: PeerCallback | None = None
         self._on_unfull: PeerCallback | None = None
         self._gate: IntakeGate | None = None
@@ -242,14 +249,22 @@ class PeerLinks:
         if link is None:
             return
         link.closed = True
+        self._undefer(link)
         dropped = link.outbox.clear()
         self._stats[node_id].frames_dropped += dropped
         link.idle.set()
         if link.task is not None:
             link.task.cancel()
 
-    def send(self, node_id: str, frame: Any) -> bool:
+    def send(self, node_id: str, frame: Any, urgent: bool = True) -> bool:
         """Queue a msgpack-serialisable frame for a peer; never blocks.
+
+        An urgent frame wakes the writer (it leaves at once on an idle link).
+        A frame nothing waits for yet (``urgent=False``: a foreground job's
+        JOB_CREATED, whose client needs it only before the job's first
+        result) does not: it rides in the message of the next urgent frame to
+        that peer, or leaves on its own after ``defer`` seconds. Either way
+        frames leave in ``send()`` order.
 
         Returns False when the frame was dropped: unknown peer, or its link is
         down (``on_peer_down`` has fired or is about to).
@@ -261,10 +276,26 @@ class PeerLinks:
                 stats.frames_dropped += 1
             return False
         link.outbox.add(self._pack(frame), self.epoch)
-        if not link.wake.is_set():
+        if link.wake.is_set():
+            return True
+        if urgent or self._defer <= 0:
             link.wake.set()
-            link.idle.clear()
+        elif link.deferred is None:
+            link.deferred = asyncio.get_running_loop().call_later(
+                self._defer, self._deferred_due, link)
+        link.idle.clear()
         return True
+
+    @staticmethod
+    def _deferred_due(link: _Link) -> None:
+        link.deferred = None
+        link.wake.set()
+
+    @staticmethod
+    def _undefer(link: _Link) -> None:
+        if link.deferred is not None:
+            link.deferred.cancel()
+            link.deferred = None
 
     def state(self, node_id: str) -> LinkState | None:
         link = self._links.get(node_id)
@@ -315,6 +346,7 @@ class PeerLinks:
             failures += 1
             if link.state is not LinkState.DOWN:
                 link.state = LinkState.DOWN
+                self._undefer(link)
                 dropped = link.outbox.clear()
                 self._stats[link.node_id].frames_dropped += dropped
                 link.idle.set()
@@ -376,6 +408,8 @@ class PeerLinks:
                 link.idle.set()
                 await link.wake.wait()
                 continue
+            # Deferred frames leave in this message: their timer has no job.
+            self._undefer(link)
             payload = b"".join(chunk.parts)
             await stream.send_message(
                 Batch(from_node=self.node_id, epoch=chunk.epoch, frames=payload, count=chunk.count)

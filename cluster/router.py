@@ -78,6 +78,9 @@ K_STATUS_UNIQUE: Final = 4
 _BG_TYPES: Final = frozenset({P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH_BG, P.SUBMIT_JOB_LOW_BG,
                               P.SUBMIT_JOB_EPOCH, P.SUBMIT_REDUCE_JOB_BACKGROUND})
 _FINAL_TYPES: Final = frozenset({P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION})
+_FG_TYPES: Final = frozenset({P.SUBMIT_JOB, P.SUBMIT_JOB_HIGH, P.SUBMIT_JOB_LOW,
+                              P.SUBMIT_REDUCE_JOB})
+_JOB_CREATED: Final = P.JOB_CREATED.to_bytes(4, "big")
 TICK: Final = 0.25
 # How long a pushed job may wait here for a worker to take it. The sleeper it
 # woke grabs within milliseconds unless it died or took other work first.
@@ -102,7 +105,7 @@ class RemoteSlot(Slot):
 class RemoteSession(Session):
     """A client or worker connected to another node, as this (owner) node sees it."""
 
-    __slots__ = ("conn", "links", "node_id", "rid")
+    __slots__ = ("conn", "lazy", "links", "node_id", "rid")
     holds_replies = False
 
     def __init__(self, sid: int, links: PeerLinks, node_id: str, conn: int) -> None:
@@ -111,6 +114,9 @@ class RemoteSession(Session):
         self.node_id = node_id
         self.conn = conn
         self.rid = 0  # the forwarded request being handled right now
+        # Set while handling a foreground submit: its JOB_CREATED may wait to
+        # ride with the job's first result (PeerLinks.send, urgent=False).
+        self.lazy = False
 
     def _write_out(self, data: bytes) -> None:
         self.links.send(self.node_id, [OUT, self.conn, data])
@@ -121,7 +127,8 @@ class RemoteSession(Session):
         rid = self.rid
         if rid:
             self.rid = 0
-            self.links.send(self.node_id, [REP, rid, self.conn, data])
+            urgent = not self.lazy or data[4:8] != _JOB_CREATED
+            self.links.send(self.node_id, [REP, rid, self.conn, data], urgent)
         else:
             self.links.send(self.node_id, [OUT, self.conn, data])
 
@@ -440,6 +447,7 @@ class Router:
         proxy = self._proxy(node_id, conn)
         proxy.exceptions = bool(exceptions)
         proxy.rid = rid
+        proxy.lazy = ptype in _FG_TYPES
         freed: Function | None = None
         if ptype in _FINAL_TYPES and args:
             job = self.m.job_by_handle(bytes(args[0]))
@@ -453,6 +461,7 @@ class Router:
                 proxy.send(P.error_packet(b"SERVER_ERROR", b"Internal error"))
         finally:
             proxy.rid = 0
+            proxy.lazy = False
         if freed is not None:
             self._worker_freed(freed, node_id)
 

@@ -47,6 +47,7 @@ class NodeConfig:
     etcd_prefix: str = "/gearmesh"
     node_id: str | None = None
     peer_port: int = 4731
+    peer_defer_ms: float = 2.0
     advertise: str | None = None
     lease_ttl: int = 5
     # security (docs/security.md)
@@ -219,6 +220,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--etcd-prefix", default=d.etcd_prefix)
     c.add_argument("--node-id", default=None, help="stable node id (host name)")
     c.add_argument("--peer-port", type=_port, default=d.peer_port)
+    c.add_argument("--peer-defer-ms", type=_nonneg_float, default=d.peer_defer_ms,
+                   help="ms a frame nothing waits for may wait to share a message (2)")
     c.add_argument("--advertise", default=None, help="address other nodes reach us at")
     c.add_argument("--lease-ttl", type=_nonneg, default=d.lease_ttl)
     _add_security_arguments(p, d)

@@ -49,6 +49,8 @@ class Net:
         self.queue: list[tuple[str, str, bytes]] = []
         self.log: list[tuple[str, str, Any]] = []  # (from, to, frame) as delivered
         self.down: set[str] = set()
+        # Frames sent with urgent=False (allowed to wait for company), as sent.
+        self.deferred: list[tuple[str, str, Any]] = []
 
     async def settle(self) -> None:
         for _ in range(50):
@@ -74,10 +76,12 @@ class FakeLinks:
         self.epoch = 0
         self._pack = msgpack.Packer().pack
 
-    def send(self, node_id: str, frame: Any) -> bool:
+    def send(self, node_id: str, frame: Any, urgent: bool = True) -> bool:
         if node_id in self.net.down:
             return False
         self.net.queue.append((self.node_id, node_id, self._pack(frame)))
+        if not urgent:
+            self.net.deferred.append((self.node_id, node_id, frame))
         return True
 
     def state(self, node_id: str) -> LinkState | None:
