@@ -53,6 +53,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                         "testClientSecret": "gm-test-client"},
             "peer": {"secret": "gm-peer-tls"},
             "etcd": {"secret": "gm-etcd-tls"},
+            "certManager": {"enabled": True, "issuerRef": {"name": "cluster-ca"},
+                            "extraDnsNames": ["gearman.example.com"]},
         },
     },
     "everything": {

@@ -682,3 +682,29 @@ def test_tls_refuses_inconsistent_values(helm_bin: Path) -> None:
         render.render({"tls": {"etcd": {"secret": "x"}}})
     with pytest.raises(render.HelmError, match=r"need tls\.gearman\.secret"):
         render.render({"tls": {"gearman": {"verifyClient": True}}})
+    with pytest.raises(render.HelmError, match=r"needs tls\.certManager\.issuerRef\.name"):
+        render.render({"tls": {"gearman": {"secret": "s"}, "certManager": {"enabled": True}}})
+    with pytest.raises(render.HelmError, match=r"set at least one"):
+        render.render({"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}})
+
+
+@pytest.mark.timeout(60)
+def test_cert_manager_issues_the_secrets_the_nodes_mount(helm_bin: Path) -> None:
+    assert not [d for d in render.render(SCENARIOS["tls"] | {"tls": {}})
+                if d["kind"] == "Certificate"]
+    docs = render.render(SCENARIOS["tls"])
+    gearman = find(docs, "Certificate", f"{FULL}-gearman")["spec"]
+    peer = find(docs, "Certificate", f"{FULL}-peer")["spec"]
+    # The Secrets the StatefulSet mounts are the ones cert-manager fills.
+    sources = {v.get("secret", {}).get("secretName") for v in pod_spec(
+        find(docs, "StatefulSet", FULL))["volumes"]}
+    assert {gearman["secretName"], peer["secretName"]} <= sources
+    assert gearman["secretName"] == "gm-tls" and peer["secretName"] == "gm-peer-tls"
+    assert gearman["issuerRef"] == peer["issuerRef"] == {
+        "name": "cluster-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    # Every name a client dials on the Gearman port (Perl checks it).
+    assert FULL in gearman["dnsNames"] and "gearman.example.com" in gearman["dnsNames"]
+    assert any(n.startswith(f"{FULL}.") and n.endswith(".svc") for n in gearman["dnsNames"])
+    assert gearman["usages"] == ["server auth"]
+    # A node's certificate serves its peer port and dials the others.
+    assert peer["usages"] == ["server auth", "client auth"]

@@ -176,6 +176,14 @@ at render time rather than as a crash-looping pod.
 {{- if and (or .Values.tls.gearman.verifyClient .Values.tls.gearman.aclConfigMap) (not .Values.tls.gearman.secret) -}}
 {{- fail "tls.gearman.verifyClient and tls.gearman.aclConfigMap need tls.gearman.secret (client certificates need TLS)" -}}
 {{- end -}}
+{{- if .Values.tls.certManager.enabled -}}
+{{- if not .Values.tls.certManager.issuerRef.name -}}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name (a cert-manager Issuer or ClusterIssuer)" -}}
+{{- end -}}
+{{- if not (or .Values.tls.gearman.secret .Values.tls.peer.secret) -}}
+{{- fail "tls.certManager.enabled issues the Secrets named by tls.gearman.secret and tls.peer.secret: set at least one" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
 {{- end -}}
