@@ -20,6 +20,7 @@ from cluster.memberinfo import MemberInfo
 from cluster.membership import Membership
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks, PeerLinkServer
+from cluster.replicas import Replicas
 from cluster.router import Router
 from node.config import NodeConfig
 from node.server import Node
@@ -51,6 +52,8 @@ class ClusterExtension:
                              node.counters)
         self.links.on_frames(self.router.on_frames)
         self.links.on_peer_down(self._peer_down)
+        self.links.on_peer_up(self._peer_up)
+        self.replicas: Replicas | None = None  # made in start(), once the store is open
         self.membership: Membership | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self._out_of_map = asyncio.Event()  # set once a map lists us as not active
@@ -61,10 +64,20 @@ class ClusterExtension:
     def _peer_down(self, node_id: str) -> None:
         log.warning("link to node %s is down", node_id)
         self.router.node_lost(node_id)
+        if self.replicas is not None:
+            self.replicas.peer_down(node_id)
+
+    def _peer_up(self, node_id: str) -> None:
+        if self.replicas is not None:
+            self.replicas.peer_up(node_id)
 
     def _on_map(self, new: PartitionMap) -> None:
         log.info("partition map epoch %d: active %s", new.epoch, ", ".join(new.active))
+        if self.replicas is not None:
+            self.replicas.before_map(new)
         self.router.set_map(new)
+        if self.replicas is not None:
+            self.replicas.after_map(new)
         if self.node_id not in new.active:
             self._out_of_map.set()
         else:
@@ -79,7 +92,12 @@ class ClusterExtension:
                           gearman_address=f"{host}:{self.node.port}", http_address=http,
                           state="joining", version=_version(), started_at=time.time())
         self.membership = Membership(cfg.etcd or "", cfg.etcd_prefix, self.node_id, info,
-                                     lease_ttl=cfg.lease_ttl, on_change=self._on_map)
+                                     lease_ttl=cfg.lease_ttl, on_change=self._on_map,
+                                     replicas=cfg.replicas)
+        membership = self.membership
+        if cfg.replicas and self.node.manager.store.durable:
+            self.replicas = Replicas(self.node, cfg, self.node_id, self.links, self.router,
+                                     lambda: membership.lease_held)
         self.node.manager.cluster = self.router
         self.node.dispatcher.set_forwarder(self.router)
         self._metrics_task = asyncio.get_running_loop().create_task(self._copy_link_totals())
@@ -97,6 +115,12 @@ class ClusterExtension:
             counters.peer_frames_sent, counters.peer_batches_sent = self.links.totals()
             if self.membership is not None:
                 counters.lease_losses = self.membership.leases_lost
+            if self.replicas is not None:
+                owner = self.replicas.owner
+                counters.replica_copies_sent = owner.copies_sent
+                counters.replica_frames_sent = owner.frames_sent
+                counters.under_replicated = owner.under_replicated
+                counters.promoted = self.replicas.failover.promoted
             await asyncio.sleep(1.0)
 
     def _check_nothing_left(self) -> None:
@@ -165,6 +189,8 @@ class ClusterExtension:
         self.router.close()
         if self.membership is not None:
             await self.membership.close()
+        if self.replicas is not None:
+            self.replicas.close()
         await self.links.close()
         await self.server.stop(0.5)
 

@@ -49,6 +49,8 @@ class NodeConfig:
     peer_port: int = 4731
     advertise: str | None = None
     lease_ttl: int = 5
+    replicas: int = 1  # copies of each background job on other nodes (0 or 1)
+    single_copy: bool = False  # acknowledge with one copy when no replica is reachable
 
     @property
     def effective_node_id(self) -> str:
@@ -206,6 +208,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--peer-port", type=_port, default=d.peer_port)
     c.add_argument("--advertise", default=None, help="address other nodes reach us at")
     c.add_argument("--lease-ttl", type=_nonneg, default=d.lease_ttl)
+    c.add_argument("--replicas", type=int, choices=(0, 1), default=d.replicas,
+                   help="copies of each background job on another node's disk (1; 0 = off)")
+    c.add_argument("--single-copy", action="store_true",
+                   help="acknowledge a background job with one copy when no replica is "
+                        "reachable (default: QUEUE_ERROR)")
     _apply_env_defaults(p)
 
 
