@@ -67,6 +67,9 @@ class ClusterExtension:
         if self.replicas is not None:
             self.replicas.peer_down(node_id)
 
+    def _lease_held(self) -> bool:
+        return self.membership is None or self.membership.lease_held
+
     def _peer_up(self, node_id: str) -> None:
         if self.replicas is not None:
             self.replicas.peer_up(node_id)
@@ -85,6 +88,12 @@ class ClusterExtension:
 
     async def start(self) -> None:
         cfg = self.cfg
+        if cfg.replicas and self.node.manager.store.durable:
+            # First, before the loop serves any connection: jobs replayed
+            # from our disk are held until we know none was promoted elsewhere.
+            self.replicas = Replicas(self.node, cfg, self.node_id, self.links, self.router,
+                                     self._lease_held)
+            self.replicas.hold_replayed()
         peer_port = await self.server.start()
         host = cfg.advertise_host
         http = f"{host}:{cfg.http_port}" if cfg.http_port else ""
@@ -94,10 +103,6 @@ class ClusterExtension:
         self.membership = Membership(cfg.etcd or "", cfg.etcd_prefix, self.node_id, info,
                                      lease_ttl=cfg.lease_ttl, on_change=self._on_map,
                                      replicas=cfg.replicas)
-        membership = self.membership
-        if cfg.replicas and self.node.manager.store.durable:
-            self.replicas = Replicas(self.node, cfg, self.node_id, self.links, self.router,
-                                     lambda: membership.lease_held)
         self.node.manager.cluster = self.router
         self.node.dispatcher.set_forwarder(self.router)
         self._metrics_task = asyncio.get_running_loop().create_task(self._copy_link_totals())

@@ -98,6 +98,12 @@ class Failover:
                 self._running[origin] = loop.create_task(self._promote(origin),
                                                          name=f"promote-{origin}")
 
+    async def finished(self, origin: str) -> None:
+        """Return once no promotion of ``origin``'s copies is running."""
+        task = self._running.get(origin)
+        if task is not None:
+            await asyncio.wait([task])
+
     async def _sync(self) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -119,7 +125,7 @@ class Failover:
 
         def flush_deletes() -> None:
             if finished:
-                self.store.delete_many(origin, finished[:])
+                self.store.promoted_many(origin, finished[:])
                 finished.clear()
 
         def on_reply(jid: int, data: bytes) -> None:

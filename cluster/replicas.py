@@ -18,6 +18,7 @@ from cluster.copies import CopyIntake
 from cluster.failover import Failover
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks
+from cluster.reconcile import ASKED, FORGET, PROMOTED, Reconcile
 from cluster.replication import RACKED, REPL, ReplicatingStore
 from cluster.router import Router
 from node.config import NodeConfig
@@ -44,12 +45,21 @@ class Replicas:
         node.manager.store = self.owner
         self.failover = Failover(node_id, node.manager, self.store, self.intake.origins,
                                  router.hand_off)
+        self.reconcile = Reconcile(node_id, node.manager, links, self.store, self.failover)
         router.extra_frames[REPL] = self.intake.on_frame
         router.extra_frames[RACKED] = self._on_racked
+        router.extra_frames[ASKED] = self.reconcile.on_asked
+        router.extra_frames[PROMOTED] = self.reconcile.on_promoted
+        router.extra_frames[FORGET] = self.reconcile.on_forget
         self._map: PartitionMap | None = None
         if self.intake.origins:
             log.warning("replica store holds copies of node(s) %s",
                         ", ".join(sorted(self.intake.origins)))
+
+    def hold_replayed(self) -> None:
+        """At start, before any worker can connect: the jobs replayed from
+        our disk wait until the peers said which they promoted meanwhile."""
+        self.reconcile.hold("replayed from disk")
 
     def _on_racked(self, sender: str, frame: list[object]) -> None:
         self.owner.on_acked(sender, int(frame[1]), str(frame[2]))  # type: ignore[call-overload]
@@ -65,12 +75,15 @@ class Replicas:
         if old is not None:
             for gone in set(old.members) - set(new.members):
                 self.owner.node_lost(gone)
+                self.reconcile.node_lost(gone)
 
     def after_map(self, new: PartitionMap) -> None:
         self.failover.set_map(new)
+        self.reconcile.set_map(new)
 
     def peer_down(self, node_id: str) -> None:
         self.owner.node_lost(node_id)
+        self.reconcile.node_lost(node_id)
 
     def peer_up(self, node_id: str) -> None:
         self.owner.node_back(node_id)
@@ -80,5 +93,6 @@ class Replicas:
         return self.owner.under_replicated
 
     def close(self) -> None:
+        self.reconcile.close()
         self.failover.close()
         self.store.close()

@@ -69,6 +69,8 @@ class ReplicaStore:
         self._dels: list[tuple[str, int]] = []
         self._syncs: list[Synced] = []
         self._drops: list[str] = []
+        self._promoted: list[tuple[str, int]] = []
+        self._forget: list[str] = []
         self._closing = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,10 @@ class ReplicaStore:
                 conn.execute("CREATE TABLE IF NOT EXISTS copies (origin TEXT NOT NULL, "
                              "id INTEGER NOT NULL, rec BLOB, PRIMARY KEY (origin, id)) "
                              "WITHOUT ROWID")
+                # Tombstones: copies promoted to jobs of this node, remembered
+                # until their origin comes back and asks which they were.
+                conn.execute("CREATE TABLE IF NOT EXISTS promoted (origin TEXT NOT NULL, "
+                             "id INTEGER NOT NULL, PRIMARY KEY (origin, id)) WITHOUT ROWID")
             finally:
                 conn.close()
         except (sqlite3.DatabaseError, OSError) as e:
@@ -104,6 +110,25 @@ class ReplicaStore:
     def delete_many(self, origin: str, ids: list[int]) -> None:
         with self._lock:
             self._dels.extend((origin, jid) for jid in ids)
+
+    def promoted_many(self, origin: str, ids: list[int]) -> None:
+        """These copies are jobs of this node now: delete them and remember
+        their ids (in the same transaction) for when their origin returns."""
+        with self._lock:
+            self._promoted.extend((origin, jid) for jid in ids)
+
+    def forget_promoted(self, origin: str) -> None:
+        with self._lock:
+            self._forget.append(origin)
+
+    def promoted_ids(self, origin: str) -> list[int]:
+        conn = self._connect()
+        try:
+            rows = conn.execute("SELECT id FROM promoted WHERE origin=? ORDER BY id",
+                                (origin,)).fetchall()
+            return [int(r[0]) for r in rows]
+        finally:
+            conn.close()
 
     def drop_origin(self, origin: str) -> None:
         """Forget every copy of ``origin``'s jobs (before any later put)."""
@@ -159,11 +184,14 @@ class ReplicaStore:
             with self._lock:
                 while not self._syncs and not self._closing:
                     self._lock.wait()
-                if not self._syncs and not self._puts and not self._dels and not self._drops:
+                if not (self._syncs or self._puts or self._dels or self._drops
+                        or self._promoted or self._forget):
                     break
                 puts, self._puts = self._puts[:_MAX_BATCH], self._puts[_MAX_BATCH:]
                 dels, self._dels = self._dels, []
                 drops, self._drops = self._drops, []
+                promoted, self._promoted = self._promoted, []
+                forget, self._forget = self._forget, []
                 # A sync covers what was queued before it: with puts left over
                 # for the next transaction, their syncs wait for it too.
                 if self._puts:
@@ -176,12 +204,20 @@ class ReplicaStore:
                 conn.execute("BEGIN")
                 for origin in drops:
                     conn.execute("DELETE FROM copies WHERE origin=?", (origin,))
+                for origin in forget:
+                    conn.execute("DELETE FROM promoted WHERE origin=?", (origin,))
                 for i in range(0, len(puts), _PUT_ROWS):
                     chunk = puts[i:i + _PUT_ROWS]
                     conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
                 for i in range(0, len(dels), _DEL_ROWS):
                     chunk2 = dels[i:i + _DEL_ROWS]
                     conn.execute(_delete_sql(len(chunk2)), [v for row in chunk2 for v in row])
+                for i in range(0, len(promoted), _DEL_ROWS):
+                    chunk3 = promoted[i:i + _DEL_ROWS]
+                    args = [v for row in chunk3 for v in row]
+                    conn.execute(_delete_sql(len(chunk3)), args)
+                    conn.execute("INSERT OR IGNORE INTO promoted (origin, id) VALUES "
+                                 + ",".join(["(?,?)"] * len(chunk3)), args)
                 conn.execute("COMMIT")
                 if failing:
                     failing = False
@@ -198,6 +234,8 @@ class ReplicaStore:
                 with self._lock:
                     self._dels[:0] = dels
                     self._drops[:0] = drops
+                    self._promoted[:0] = promoted
+                    self._forget[:0] = forget
             log.debug("replica commit: %d puts, %d deletes in %.1f ms", len(puts), len(dels),
                       (time.perf_counter() - t0) * 1000)
             if syncs:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,8 +51,6 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     yield factory
     for c in made:
         for n in c.nodes.values():
-            if not n.running:
-                continue
             print(f"----- node {n.node_id} log tail -----\n{n.log_tail(40)}")
         c.close()
 
@@ -295,3 +295,102 @@ def test_coalescing_holds_after_failover(make_cluster: Callable[..., Cluster]) -
     assert queued([n1, n2], "co") == len(uniques)
     ledger = drain_with_ledger([n1, n2], "co", len(uniques))
     assert ledger.runs() == Counter({u.encode(): 1 for u in uniques})
+
+
+def submit_all(node: ClusterNode, func: str, uniques: Sequence[str]) -> None:
+    with RawClient(node.host_port, timeout=20) as cl:
+        cl.send_raw(b"".join(pack(T.SUBMIT_JOB_BG, join(func, u, u)) for u in uniques))
+        assert [cl.recv().ptype for _ in uniques] == [T.JOB_CREATED] * len(uniques)
+
+
+@pytest.mark.timeout(150)
+def test_restart_with_the_old_disk_after_failover_runs_no_job_again(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """n3's jobs fail over and run on n1/n2; n3 then restarts with its old
+    disk, which still holds them all: it asks the others which they
+    promoted, drops those, and none runs a second time."""
+    c = make_cluster()
+    n1, n2, n3 = (c.nodes[n] for n in ("n1", "n2", "n3"))
+    epoch = c.wait_converged(["n1", "n2", "n3"])
+    uniques = c.uniques_owned_by("n3", ["n1", "n2", "n3"], 200, "rs")
+    submit_all(n1, "rs", uniques)
+    n3.kill9()
+    e2 = c.wait_converged(["n1", "n2"], after=epoch, timeout=TTL + 20)
+    ledger = Ledger()
+    workers = [LedgerWorker(n.host_port, [b"rs"], ledger) for n in (n1, n2)]
+    for w in workers:
+        w.start()
+    try:
+        assert ledger.wait_assigned(len(uniques), 60), len(ledger)
+        wait_until(lambda: queued([n1, n2], "rs") == 0, 30, what="n3's jobs done on n1/n2")
+        n3.launch()  # the same data directory: its old disk
+        n3.wait_ready(30)
+        c.wait_converged(["n1", "n2", "n3"], after=e2, timeout=30)
+        late = LedgerWorker(n3.host_port, [b"rs"], ledger)
+        late.start()
+        workers.append(late)
+        wait_until(lambda: "had been promoted elsewhere" in n3.log_text(), 30,
+                   what="n3 to drop the jobs promoted elsewhere")
+        wait_until(lambda: queued([n1, n2, n3], "rs") == 0, 10, what="nothing left")
+    finally:
+        for w in workers:
+            w.stop()
+        for w in workers:
+            w.join(10)
+    assert ledger.runs() == Counter({u.encode(): 1 for u in uniques})
+
+
+@pytest.mark.timeout(150)
+def test_sigstop_past_the_lease_loses_nothing_and_runs_nothing_twice(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """n3 is paused (SIGSTOP) for 3 x TTL: its jobs fail over and run on
+    n1/n2. Resumed, n3 learns its lease is gone, holds its queue, asks, and
+    drops what was promoted. Submits sent to n3 while it was paused get
+    either JOB_CREATED (then they run) or an error, never a lost job."""
+    c = make_cluster()
+    n1, n2, n3 = (c.nodes[n] for n in ("n1", "n2", "n3"))
+    epoch = c.wait_converged(["n1", "n2", "n3"])
+    uniques = c.uniques_owned_by("n3", ["n1", "n2", "n3"], 200, "ss")
+    submit_all(n1, "ss", uniques)
+    late = c.uniques_owned_by("n3", ["n1", "n2", "n3"], 20, "sl")
+    n3.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    resumed = False
+    try:
+        e2 = c.wait_converged(["n1", "n2"], after=epoch, timeout=TTL + 20)
+        paused_client = RawClient(n3.host_port, timeout=30)
+        paused_client.send_raw(b"".join(pack(T.SUBMIT_JOB_BG, join("ss", u, u)) for u in late))
+        ledger = Ledger()
+        workers = [LedgerWorker(n.host_port, [b"ss"], ledger) for n in (n1, n2)]
+        for w in workers:
+            w.start()
+        assert ledger.wait_assigned(len(uniques), 60), len(ledger)
+        wait_until(lambda: queued([n1, n2], "ss") == 0, 30, what="n3's jobs done on n1/n2")
+        # The pause's length is the scenario (3 x TTL), not a synchronisation.
+        time.sleep(max(0.0, stopped_at + 3 * TTL - time.monotonic()))
+        n3.send_signal(signal.SIGCONT)
+        resumed = True
+        replies = [paused_client.recv().ptype for _ in late]
+        paused_client.close()
+        c.wait_converged(["n1", "n2", "n3"], after=e2, timeout=30)
+        wait_until(lambda: "had been promoted elsewhere" in n3.log_text(), 30,
+                   what="n3 to drop the jobs promoted elsewhere")
+        workers.append(LedgerWorker(n3.host_port, [b"ss"], ledger))
+        workers[-1].start()
+        acked_late = [u for u, r in zip(late, replies, strict=True) if r == T.JOB_CREATED]
+        wait_until(lambda: {u.encode() for u in acked_late} <= ledger.ran(), 30,
+                   what="the late submits n3 acknowledged to run")
+        wait_until(lambda: queued([n1, n2, n3], "ss") == 0, 10, what="nothing left")
+        for w in workers:
+            w.stop()
+        for w in workers:
+            w.join(10)
+    finally:
+        if not resumed:
+            n3.send_signal(signal.SIGCONT)
+    runs = ledger.runs()
+    assert {u: runs[u.encode()] for u in uniques} == {u: 1 for u in uniques}
+    assert ledger.duplicates() == {}
+    print(f"late submits to the paused node: {Counter(replies)}")
