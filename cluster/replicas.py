@@ -38,8 +38,11 @@ class Replicas:
         self.store = ReplicaStore(cfg.data_dir / REPLICA_FILE, loop.call_soon_threadsafe,
                                   fsync=cfg.fsync)
         self.intake = CopyIntake(node_id, self.store, links)
-        self.owner = ReplicatingStore(node.manager.store, node_id, links, lease_held,
+        inner = node.manager.store
+        self.owner = ReplicatingStore(inner, node_id, links, lease_held,
                                       single_copy=cfg.single_copy)
+        # What we replayed at start is copied again once there is a map.
+        self.owner.adopt_replayed(list(inner.load()))
         # The job manager writes through the replicating store from now on;
         # the node keeps its own store for backlog, metrics and close.
         node.manager.store = self.owner

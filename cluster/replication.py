@@ -52,6 +52,11 @@ from node.store import Added, Done, R, Record, Store
 
 log = logging.getLogger("gearmesh.cluster")
 
+# A frame of copies is sent as soon as it holds this many bytes of records,
+# not only at the end of the loop iteration: bounds one message's size (and
+# the replica's one-commit latency) when a burst or a promotion makes many
+# copies at once, or payloads are large.
+FRAME_BYTES: Final = 256 * 1024
 REPL: Final = "repl"
 RACKED: Final = "racked"
 OK: Final = Verdict.ACCEPT.value
@@ -94,9 +99,10 @@ class _Remove:
 
 
 class _Outgoing:
-    __slots__ = ("adds", "dels", "puts", "removes")
+    __slots__ = ("adds", "dels", "puts", "removes", "size")
 
     def __init__(self) -> None:
+        self.size = 0  # bytes of records in puts
         self.puts: list[list[Any]] = []
         self.adds: list[_Add] = []
         self.dels: list[int] = []
@@ -121,6 +127,10 @@ class ReplicatingStore:
         self._pending: dict[int, _Add] = {}  # written or being copied, not confirmed
         self._copies: dict[int, tuple[str, Any]] = {}  # confirmed: id → (holder, record)
         self._single: dict[int, Any] = {}  # confirmed with one copy only
+        # Replayed from our disk at start: where their copies are is not
+        # known (an earlier life of this node placed them), so a deletion is
+        # sent to every other node, whatever holds the copy made since.
+        self._replayed: set[int] = set()
         self._out: dict[str, _Outgoing] = {}
         self._inflight: dict[str, deque[tuple[int, _Outgoing]]] = {}
         self._seq = 0
@@ -155,10 +165,22 @@ class ReplicatingStore:
     def backlog(self) -> int:
         return self.inner.backlog()
 
+    def adopt_replayed(self, recs: list[Any]) -> None:
+        """Jobs replayed from our disk: copy each again (to the node placement
+        picks now — usually the one that still holds its old copy, which the
+        new one replaces), so every job has two copies after a restart too."""
+        for rec in recs:
+            self._replayed.add(rec.id)
+            self._single[rec.id] = rec
+        if self._placement is not None and self._placement.others:
+            self.set_map(self._placement.map)
+
     def add(self, rec: R, done: Added[R]) -> None:
         placement = self._placement
         if placement is None or not placement.others:
-            self.inner.add(rec, done)  # not a cluster of two (yet): one copy is all there is
+            # Not a cluster of two (yet): one copy is all there is; it gets its
+            # second when another node is there (set_map).
+            self.inner.add(rec, self._one_copy(done))
             return
         if not may_acknowledge(self._map, self.node_id, self._lease_held()):
             done(rec, ReplicationError(
@@ -168,6 +190,13 @@ class ReplicatingStore:
         self._pending[rec.id] = a
         self.inner.add(rec, self._local_done)
         self._start(a)
+
+    def _one_copy(self, done: Added[Any]) -> Added[Any]:
+        def committed(rec: Any, err: BaseException | None) -> None:
+            if err is None:
+                self._single[rec.id] = rec
+            done(rec, err)
+        return committed
 
     def _local_done(self, rec: Record, err: BaseException | None) -> None:
         a = self._pending.get(rec.id)
@@ -198,10 +227,15 @@ class ReplicatingStore:
             self._settle(a)
             return
         out = self._outgoing(target)
-        out.puts.append([rec.id, self._pack([rec.function, rec.unique, rec.priority, rec.payload,
-                                             rec.when, rec.reducer])])
+        packed = self._pack([rec.function, rec.unique, rec.priority, rec.payload, rec.when,
+                             rec.reducer])
+        out.puts.append([rec.id, packed])
         out.adds.append(a)
+        out.size += len(packed)
         self.copies_sent += 1
+        if out.size >= FRAME_BYTES:
+            del self._out[target]
+            self._send(target, out)
 
     def _usable(self, node: str) -> bool:
         return self.links.state(node) in (LinkState.UP, LinkState.CONNECTING)
@@ -235,16 +269,17 @@ class ReplicatingStore:
 
     def remove(self, job_id: int, done: Done | None = None) -> None:
         held = self._copies.pop(job_id, None)
-        single = self._single.pop(job_id, None) is not None
+        self._single.pop(job_id, None)
         a = self._pending.pop(job_id, None)
         if a is not None and a.target is not None:
             held = (a.target, a.rec)  # a re-replication in flight: delete it there too
-        if held is None:
-            if self._placement is not None and a is None and not single:
-                # Replayed from our disk after a restart: we do not know which
-                # node holds its copy, so every other node is told.
+        if job_id in self._replayed:
+            self._replayed.discard(job_id)
+            if self._placement is not None:
                 for node in self._placement.others:
-                    self._queue_delete(node, job_id, None)
+                    if held is None or node != held[0]:
+                        self._queue_delete(node, job_id, None)
+        if held is None:
             self.inner.remove(job_id, done)
             return
         if done is None:
@@ -291,13 +326,16 @@ class ReplicatingStore:
         self._flush_scheduled = False
         outs, self._out = self._out, {}
         for node, out in outs.items():
-            self._seq += 1
-            seq = self._seq
-            if self.links.send(node, [REPL, seq, out.puts, out.dels]):
-                self.frames_sent += 1
-                self._inflight.setdefault(node, deque()).append((seq, out))
-            else:
-                self._lost(node, [out])
+            self._send(node, out)
+
+    def _send(self, node: str, out: _Outgoing) -> None:
+        self._seq += 1
+        seq = self._seq
+        if self.links.send(node, [REPL, seq, out.puts, out.dels]):
+            self.frames_sent += 1
+            self._inflight.setdefault(node, deque()).append((seq, out))
+        else:
+            self._lost(node, [out])
 
     def on_acked(self, node: str, seq: int, verdict: str) -> None:
         """The replica's commit covering our frames up to ``seq`` is done

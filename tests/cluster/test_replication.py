@@ -270,3 +270,52 @@ def test_copies_in_flight_to_a_replica_that_breaks_go_to_the_next() -> None:
         rs.on_acked("n3", frame[1], "ok")
         assert told == [(1, None)]
     run(body)
+
+
+def test_a_lone_nodes_jobs_get_their_second_copy_when_a_node_joins() -> None:
+    async def body() -> None:
+        rs, links, inner, told = setup()
+        rs.set_map(pmap(["n1"]))
+        rs.add(job(5, b"a"), lambda rec, err: told.append((rec.id, err)))
+        inner.commit()
+        assert told == [(5, None)] and rs.under_replicated == 1
+        rs.set_map(pmap(["n1", "n2"]))
+        await turn()
+        (node, frame), = links.take()
+        assert node == "n2" and [p[0] for p in frame[2]] == [5]
+        rs.on_acked(node, frame[1], "ok")
+        assert rs.under_replicated == 0
+    run(body)
+
+
+def test_large_copies_are_split_into_bounded_frames() -> None:
+    async def body() -> None:
+        rs, links, _inner, _told = setup()
+        big = b"x" * (100 * 1024)
+        u = unique_with_second("n2")
+        for i in range(1, 8):
+            rs.add(StoredJob(i, b"fn", u, 1, big, 0, b""), lambda rec, err: None)
+        await turn()
+        frames = [f for n, f in links.take() if n == "n2"]
+        assert len(frames) >= 3  # 700 KiB of copies, at most about 256 KiB a frame
+        assert sorted(p[0] for f in frames for p in f[2]) == list(range(1, 8))
+    run(body)
+
+
+def test_replayed_jobs_are_copied_again_and_their_deletion_goes_everywhere() -> None:
+    async def body() -> None:
+        rs, links, _inner, _told = setup()
+        u = unique_with_second("n2")
+        rs.adopt_replayed([job(9, u)])
+        assert rs.under_replicated == 1
+        await turn()
+        (node, frame), = links.take()
+        assert node == "n2"
+        rs.on_acked(node, frame[1], "ok")
+        assert rs.under_replicated == 0
+        rs.remove(9)
+        await turn()
+        # The new copy's holder and every other node (an earlier life of
+        # this node may have put the copy there).
+        assert sorted((n, f[3]) for n, f in links.take()) == [("n2", [9]), ("n3", [9])]
+    run(body)
