@@ -37,6 +37,9 @@ class CopyIntake:
         #: Origins that may have copies here (from the disk, then from frames).
         self.origins: set[str] = set(store.origins())
         self.refused = 0  # frames answered "stale" or "not-replica"
+        # Answers to a node we have no link to yet (it restarted with a new
+        # address and our map does not show it yet): sent when the link is up.
+        self._unsent: dict[str, list[list[Any]]] = {}
 
     def set_map(self, pmap: PartitionMap) -> None:
         first = self.map is None
@@ -55,7 +58,7 @@ class CopyIntake:
         verdict = judge_copies(self.map, self.node_id, sender)
         if verdict is not Verdict.ACCEPT:
             self.refused += 1
-            self.links.send(sender, [RACKED, seq, verdict.value])
+            self._answer(sender, [RACKED, seq, verdict.value])
             return
         store = self.store
         if puts:
@@ -63,8 +66,19 @@ class CopyIntake:
             self.origins.add(sender)
         if dels:
             store.delete_many(sender, [int(jid) for jid in dels])
-        links = self.links
-
         def durable(err: BaseException | None) -> None:
-            links.send(sender, [RACKED, seq, Verdict.ACCEPT.value if err is None else "error"])
+            self._answer(sender, [RACKED, seq, Verdict.ACCEPT.value if err is None else "error"])
         store.sync(durable)
+
+    def _answer(self, node: str, frame: list[Any]) -> None:
+        if self.links.state(node) is None:
+            self._unsent.setdefault(node, []).append(frame)
+        else:
+            self.links.send(node, frame)  # a broken link: the owner sends again
+
+    def peer_up(self, node: str) -> None:
+        for frame in self._unsent.pop(node, ()):
+            self.links.send(node, frame)
+
+    def node_gone(self, node: str) -> None:
+        self._unsent.pop(node, None)

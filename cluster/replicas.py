@@ -79,6 +79,7 @@ class Replicas:
             for gone in set(old.members) - set(new.members):
                 self.owner.node_lost(gone)
                 self.reconcile.node_lost(gone)
+                self.intake.node_gone(gone)
 
     def after_map(self, new: PartitionMap) -> None:
         self.failover.set_map(new)
@@ -89,6 +90,7 @@ class Replicas:
         self.reconcile.node_lost(node_id)
 
     def peer_up(self, node_id: str) -> None:
+        self.intake.peer_up(node_id)
         self.owner.node_back(node_id)
 
     @property

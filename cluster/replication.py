@@ -57,6 +57,13 @@ log = logging.getLogger("gearmesh.cluster")
 # the replica's one-commit latency) when a burst or a promotion makes many
 # copies at once, or payloads are large.
 FRAME_BYTES: Final = 256 * 1024
+# A frame whose acknowledgement has not come this long after it was sent is
+# sent again (copies and deletions are idempotent): the answer travels on the
+# replica's own link to us, which can be missing (it just restarted and does
+# not know our address yet) or break while ours stays up. After RESENDS tries
+# the copies go to the next candidate.
+ACK_TIMEOUT: Final = 3.0
+RESENDS: Final = 3
 REPL: Final = "repl"
 RACKED: Final = "racked"
 OK: Final = Verdict.ACCEPT.value
@@ -99,10 +106,12 @@ class _Remove:
 
 
 class _Outgoing:
-    __slots__ = ("adds", "dels", "puts", "removes", "size")
+    __slots__ = ("adds", "attempts", "dels", "puts", "removes", "sent_at", "size")
 
     def __init__(self) -> None:
         self.size = 0  # bytes of records in puts
+        self.attempts = 0
+        self.sent_at = 0.0
         self.puts: list[list[Any]] = []
         self.adds: list[_Add] = []
         self.dels: list[int] = []
@@ -134,6 +143,7 @@ class ReplicatingStore:
         self._out: dict[str, _Outgoing] = {}
         self._inflight: dict[str, deque[tuple[int, _Outgoing]]] = {}
         self._seq = 0
+        self._ack_timer: asyncio.TimerHandle | None = None
         # Jobs whose copy was sent to a node whose link then broke, and that
         # were copied elsewhere: if the link comes back without a restart
         # (which would have dropped them), that node is told to delete them.
@@ -308,6 +318,9 @@ class ReplicatingStore:
         return self.inner.next_id()
 
     def close(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         self.inner.close()
 
     # -- frames -----------------------------------------------------------
@@ -333,9 +346,34 @@ class ReplicatingStore:
         seq = self._seq
         if self.links.send(node, [REPL, seq, out.puts, out.dels]):
             self.frames_sent += 1
+            out.attempts += 1
+            out.sent_at = self._loop.time()
             self._inflight.setdefault(node, deque()).append((seq, out))
+            if self._ack_timer is None:
+                self._ack_timer = self._loop.call_later(ACK_TIMEOUT, self._check_acks)
         else:
             self._lost(node, [out])
+
+    def _check_acks(self) -> None:
+        """Frames not acknowledged within ACK_TIMEOUT: again, or elsewhere."""
+        self._ack_timer = None
+        late = self._loop.time() - ACK_TIMEOUT
+        for node in list(self._inflight):
+            q = self._inflight[node]
+            again: list[_Outgoing] = []
+            while q and q[0][1].sent_at <= late:
+                again.append(q.popleft()[1])
+            if not q:
+                del self._inflight[node]
+            for out in again:
+                if out.attempts < RESENDS and self._usable(node):
+                    self._send(node, out)
+                else:
+                    log.warning("replica %s did not confirm copies for %.0fs; sending them to "
+                                "the next node", node, ACK_TIMEOUT * out.attempts)
+                    self._lost(node, [out])
+        if self._inflight and self._ack_timer is None:
+            self._ack_timer = self._loop.call_later(ACK_TIMEOUT / 2, self._check_acks)
 
     def on_acked(self, node: str, seq: int, verdict: str) -> None:
         """The replica's commit covering our frames up to ``seq`` is done

@@ -10,7 +10,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgpack
+import pytest
 
+from cluster import replication
 from cluster.memberinfo import MemberInfo
 from cluster.partition import PartitionMap, partition_of, ranking
 from cluster.peerlink import LinkState
@@ -318,4 +320,28 @@ def test_replayed_jobs_are_copied_again_and_their_deletion_goes_everywhere() -> 
         # The new copy's holder and every other node (an earlier life of
         # this node may have put the copy there).
         assert sorted((n, f[3]) for n, f in links.take()) == [("n2", [9]), ("n3", [9])]
+    run(body)
+
+
+def test_an_unacknowledged_frame_is_sent_again_then_elsewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica's answer can be lost (its link back to us is missing):
+    the frame goes again to the same node, and after RESENDS to the next."""
+    monkeypatch.setattr(replication, "ACK_TIMEOUT", 0.05)
+
+    async def body() -> None:
+        rs, links, inner, told = setup()
+        u = unique_with_second("n2")
+        rs.add(job(1, u), lambda rec, err: told.append((rec.id, err)))
+        inner.commit()
+        sent: list[tuple[str, list[Any]]] = []
+        while len(sent) < replication.RESENDS + 1:
+            await asyncio.sleep(0.01)
+            sent += links.take()
+        assert [n for n, _ in sent] == ["n2"] * replication.RESENDS + ["n3"]
+        assert all([p[0] for p in f[2]] == [1] for _, f in sent)
+        assert told == []
+        rs.on_acked("n3", sent[-1][1][1], "ok")
+        assert told == [(1, None)]
+        rs.close()
     run(body)
