@@ -495,15 +495,16 @@ def test_a_node_joins_while_copies_are_made_again(make_cluster: Callable[..., Cl
     c = make_cluster()
     n1, n2, n3 = (c.nodes[n] for n in ("n1", "n2", "n3"))
     c.wait_converged(["n1", "n2", "n3"])
-    joined: list[ClusterNode] = []
+    n4 = c.new_node("n4")
 
     def kill_and_join() -> None:
         n3.kill9()
-        joined.append(c.add("n4"))
+        n4.launch()  # joins while the burst goes on and n1, n2 copy again
 
     acked, errors = burst([n1, n2], "jn", kill_and_join, before=JOBS // 4, after=JOBS // 4)
+    n4.wait_ready(30)
     c.wait_converged(["n1", "n2", "n4"], timeout=TTL + 30)
-    nodes = [n1, n2, joined[0]]
+    nodes = [n1, n2, n4]
     wait_settled(nodes, "jn")
     ledger = drain_with_ledger(nodes, "jn", len(acked), set(acked))
     runs = ledger.runs()
