@@ -448,11 +448,20 @@ def _exported_metrics() -> str:
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import generate_latest
 
+    from node.flowcontrol import FlowControl
     from node.http import NodeCollector
+    from node.looplag import LagHistogram
     from node.stats import Counters, FunctionStat
 
     class Node:
         counters = Counters()
+        flow = FlowControl()
+
+        def loop_lag(self) -> LagHistogram:
+            return LagHistogram()
+
+        def peer_outboxes(self) -> dict[str, tuple[int, int]]:
+            return {"n2": (0, 0)}
 
         def function_stats(self) -> list[FunctionStat]:
             return [FunctionStat(b"f", 1, 1, 1)]
