@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.memberinfo import MemberInfo
+from cluster.partition import PartitionMap
 from tests.support.cluster import Cluster, ClusterNode
 from tests.support.ledger import Ledger, LedgerWorker
 from tests.support.rawclient import RawClient, T, join, pack
@@ -88,7 +90,16 @@ def crash(queued: int, tmp: Path) -> None:
     try:
         n1, n2, n3 = c.start(["n1", "n2", "n3"])
         c.wait_converged(["n1", "n2", "n3"])
-        uniques = c.uniques_owned_by("n3", ["n1", "n2", "n3"], queued, "crash")
+        # One map for all candidates (Cluster.uniques_owned_by builds one per
+        # candidate: fine for tests, far too slow for 100,000).
+        pm = PartitionMap(0, {n: MemberInfo("-", state="active") for n in ("n1", "n2", "n3")})
+        uniques = []
+        i = 0
+        while len(uniques) < queued:
+            u = f"crash-{i}"
+            if pm.owner_of_key(u.encode()) == "n3":
+                uniques.append(u)
+            i += 1
         with RawClient(n1.host_port, timeout=120) as cl:
             for i in range(0, len(uniques), 1000):
                 chunk = uniques[i:i + 1000]
