@@ -20,6 +20,7 @@ from cluster.memberinfo import MemberInfo
 from cluster.membership import Membership
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks, PeerLinkServer
+from cluster.replicas import Replicas
 from cluster.router import Router
 from cluster.security import ClusterSecurity
 from node.config import NodeConfig
@@ -57,6 +58,8 @@ class ClusterExtension:
                              node.counters)
         self.links.on_frames(self.router.on_frames)
         self.links.on_peer_down(self._peer_down)
+        self.links.on_peer_up(self._peer_up)
+        self.replicas: Replicas | None = None  # made in start(), once the store is open
         self.membership: Membership | None = None
         self._metrics_task: asyncio.Task[None] | None = None
         self._out_of_map = asyncio.Event()  # set once a map lists us as not active
@@ -67,10 +70,23 @@ class ClusterExtension:
     def _peer_down(self, node_id: str) -> None:
         log.warning("link to node %s is down", node_id)
         self.router.node_lost(node_id)
+        if self.replicas is not None:
+            self.replicas.peer_down(node_id)
+
+    def _lease_held(self) -> bool:
+        return self.membership is None or self.membership.lease_held
+
+    def _peer_up(self, node_id: str) -> None:
+        if self.replicas is not None:
+            self.replicas.peer_up(node_id)
 
     def _on_map(self, new: PartitionMap) -> None:
         log.info("partition map epoch %d: active %s", new.epoch, ", ".join(new.active))
+        if self.replicas is not None:
+            self.replicas.before_map(new)
         self.router.set_map(new)
+        if self.replicas is not None:
+            self.replicas.after_map(new)
         if self.node_id not in new.active:
             self._out_of_map.set()
         else:
@@ -78,6 +94,12 @@ class ClusterExtension:
 
     async def start(self) -> None:
         cfg = self.cfg
+        if cfg.replicas and self.node.manager.store.durable:
+            # First, before the loop serves any connection: jobs replayed
+            # from our disk are held until we know none was promoted elsewhere.
+            self.replicas = Replicas(self.node, cfg, self.node_id, self.links, self.router,
+                                     self._lease_held)
+            self.replicas.hold_replayed()
         peer_port = await self.server.start()
         host = cfg.advertise_host
         http = f"{host}:{cfg.http_port}" if cfg.http_port else ""
@@ -86,7 +108,8 @@ class ClusterExtension:
                           state="joining", version=_version(), started_at=time.time())
         self.membership = Membership(cfg.etcd or "", cfg.etcd_prefix, self.node_id, info,
                                      lease_ttl=cfg.lease_ttl, on_change=self._on_map,
-                                     etcd_credentials=self.security.etcd)
+                                     etcd_credentials=self.security.etcd,
+                                     replicas=cfg.replicas)
         self.node.manager.cluster = self.router
         self.node.dispatcher.set_forwarder(self.router)
         self._metrics_task = asyncio.get_running_loop().create_task(self._copy_link_totals())
@@ -104,6 +127,12 @@ class ClusterExtension:
             counters.peer_frames_sent, counters.peer_batches_sent = self.links.totals()
             if self.membership is not None:
                 counters.lease_losses = self.membership.leases_lost
+            if self.replicas is not None:
+                owner = self.replicas.owner
+                counters.replica_copies_sent = owner.copies_sent
+                counters.replica_frames_sent = owner.frames_sent
+                counters.under_replicated = owner.under_replicated
+                counters.promoted = self.replicas.failover.promoted
             await asyncio.sleep(1.0)
 
     def _check_nothing_left(self) -> None:
@@ -172,6 +201,8 @@ class ClusterExtension:
         self.router.close()
         if self.membership is not None:
             await self.membership.close()
+        if self.replicas is not None:
+            self.replicas.close()
         await self.links.close()
         await self.server.stop(0.5)
 

@@ -358,6 +358,12 @@ class Membership:
             self._request_reregistration(f"etcd lease {lease_id:x} is gone")
 
     @property
+    def lease_held(self) -> bool:
+        """False from the moment etcd said our lease is gone (peers may be
+        failing our partitions over) until we are registered again."""
+        return not self._reregister
+
+    @property
     def keepalive_gap(self) -> float:
         """Longest time between two successful lease refreshes so far."""
         return self._keeper.longest_gap if self._keeper is not None else 0.0

@@ -40,7 +40,10 @@ def partition_of(key: bytes) -> int:
     return stable_hash(key) % PARTITIONS
 
 
-def _ranking(node_ids: Iterable[str], partition: int) -> tuple[str, ...]:
+def ranking(node_ids: Iterable[str], partition: int) -> tuple[str, ...]:
+    """Every node of ``node_ids`` in the partition's preference order (its
+    owner first): the map keeps only the first few, replication placement
+    needs the rest when those are unreachable."""
     suffix = b"\x00" + partition.to_bytes(4, "big")
 
     def weight(node_id: str) -> tuple[int, str]:
@@ -72,7 +75,7 @@ class PartitionMap:
         active = sorted(n for n, info in members.items() if info.is_active)
         keep = 1 + replicas
         self._prefs: tuple[tuple[str, ...], ...] = tuple(
-            _ranking(active, p)[:keep] for p in range(PARTITIONS)
+            ranking(active, p)[:keep] for p in range(PARTITIONS)
         )
         owned: dict[str, set[int]] = {n: set() for n in active}
         replicated: dict[str, set[int]] = {n: set() for n in active}

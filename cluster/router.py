@@ -49,7 +49,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, cast
 
 from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN, packet_type
@@ -240,6 +240,8 @@ class Router:
         self._loop = asyncio.get_running_loop()
         self._tick: asyncio.TimerHandle | None = None
         self._handle_prefix = b"H:"
+        # Frame kinds other modules handle (replication: cluster/replication.py).
+        self.extra_frames: dict[str, Callable[[str, list[Any]], None]] = {}
         # Wake policy hook (node/wakeup.py): a sleeper woken for a pushed job
         # that does not GRAB in time may be busy on another node; wake the next.
         self._push_wakes: WakeTracker[Session, bytes] = WakeTracker(
@@ -730,6 +732,8 @@ class Router:
                     self._on_taken(node_id, f[1], f[2], f[3])
                 elif kind == RETURN:
                     self._on_return(node_id, f[1])
+                elif (extra := self.extra_frames.get(kind)) is not None:
+                    extra(node_id, f)
                 else:
                     log.warning("unknown frame %r from %s", kind, node_id)
             except Exception:

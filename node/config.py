@@ -50,6 +50,8 @@ class NodeConfig:
     peer_defer_ms: float = 2.0
     advertise: str | None = None
     lease_ttl: int = 5
+    replicas: int = 1  # copies of each background job on other nodes (0 or 1)
+    single_copy: bool = False  # acknowledge with one copy when no replica is reachable
     # security (docs/security.md)
     ssl: bool = False
     ssl_ca_file: str | None = None
@@ -224,6 +226,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="ms a frame nothing waits for may wait to share a message (2)")
     c.add_argument("--advertise", default=None, help="address other nodes reach us at")
     c.add_argument("--lease-ttl", type=_nonneg, default=d.lease_ttl)
+    c.add_argument("--replicas", type=int, choices=(0, 1), default=d.replicas,
+                   help="copies of each background job on another node's disk (1; 0 = off)")
+    c.add_argument("--single-copy", action="store_true",
+                   help="acknowledge a background job with one copy when no replica is "
+                        "reachable (default: QUEUE_ERROR)")
     _add_security_arguments(p, d)
     _apply_env_defaults(p)
 

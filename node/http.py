@@ -58,6 +58,9 @@ _COUNTERS = (
     ("peer_frames_sent", "peer-link frames sent"),
     ("store_commits", "store transactions committed"),
     ("store_commit_jobs", "jobs written by store transactions"),
+    ("replica_copies_sent", "background job copies sent to a replica node"),
+    ("replica_frames_sent", "peer-link frames that carried job copies or their deletions"),
+    ("promoted", "copies of a lost node's jobs promoted to jobs of this node"),
 )
 
 
@@ -88,6 +91,9 @@ class NodeCollector:
                                   "time spent in store transactions", value=c.store_commit_seconds)
         yield GaugeMetricFamily("gearmesh_connections", "open connections",
                                 value=node.connection_count())
+        yield GaugeMetricFamily("gearmesh_under_replicated_jobs",
+                                "background jobs here with fewer than two copies",
+                                value=c.under_replicated)
         yield GaugeMetricFamily("gearmesh_ring_epoch", "partition map epoch (0 standalone)",
                                 value=node.cluster_epoch())
         ready, _ = node.readiness()

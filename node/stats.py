@@ -35,6 +35,11 @@ class Counters:
     store_commits: int = 0
     store_commit_seconds: float = 0.0  # sum of commit latencies
     store_commit_jobs: int = 0
+    # cluster replication (cluster/replicas.py), copied here once a second
+    replica_copies_sent: int = 0
+    replica_frames_sent: int = 0
+    promoted: int = 0
+    under_replicated: int = 0  # a gauge: jobs here with fewer than two copies
 
 
 @dataclass(frozen=True, slots=True)

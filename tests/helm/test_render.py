@@ -214,14 +214,15 @@ def test_pod_disruption_budget(defaults: list[Manifest]) -> None:
 
 @pytest.mark.timeout(60)
 def test_anti_affinity(defaults: list[Manifest]) -> None:
+    # Hard by default: a job's two copies (node.replicas) never share a machine.
     aff = pod_spec(find(defaults, "StatefulSet", FULL))["affinity"]["podAntiAffinity"]
-    term = aff["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    term = aff["requiredDuringSchedulingIgnoredDuringExecution"][0]
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "node"
 
-    hard = render.render({"podAntiAffinity": "hard"})
-    aff = pod_spec(find(hard, "StatefulSet", FULL))["affinity"]["podAntiAffinity"]
-    assert "requiredDuringSchedulingIgnoredDuringExecution" in aff
+    soft = render.render({"podAntiAffinity": "soft"})
+    aff = pod_spec(find(soft, "StatefulSet", FULL))["affinity"]["podAntiAffinity"]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" in aff
 
     none = render.render({"podAntiAffinity": "none"})
     assert "affinity" not in pod_spec(find(none, "StatefulSet", FULL))
