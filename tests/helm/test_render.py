@@ -709,3 +709,11 @@ def test_cert_manager_issues_the_secrets_the_nodes_mount(helm_bin: Path) -> None
     assert gearman["usages"] == ["server auth"]
     # A node's certificate serves its peer port and dials the others.
     assert peer["usages"] == ["server auth", "client auth"]
+
+
+@pytest.mark.timeout(60)
+def test_notes_warn_that_hard_anti_affinity_needs_a_machine_per_pod(helm_bin: Path) -> None:
+    clustered = {"etcd": {"enabled": True}, "replicaCount": 3}
+    assert "each of the 3 pods needs a Kubernetes node" in render.render_notes(clustered)
+    assert "needs a Kubernetes node" not in render.render_notes(
+        clustered | {"podAntiAffinity": "soft"})
