@@ -32,7 +32,9 @@ from cluster.frames import REQ, packet_type
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks
 from node import protocol as P
-from node.jobs import DELAYED, HIGH, LOW, NORMAL, QUEUED, Job, JobManager
+from node.job import HIGH, LOW, NORMAL, Job
+from node.jobs import JobManager
+from node.jobstate import DELAYED, QUEUED
 from node.session import Session
 from node.stats import Counters
 

@@ -59,7 +59,8 @@ from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
 from node import replies as R
 from node.dispatch import Dispatcher
-from node.jobs import Function, JobManager
+from node.job import Function
+from node.jobs import JobManager
 from node.session import Session, Slot
 from node.stats import Counters
 from node.wakeup import WakeTracker

@@ -239,3 +239,20 @@ def split_admin(line: bytes) -> list[bytes]:
     """Tokens the way gearmand splits an admin line: runs of spaces separate,
     a leading or trailing space yields an empty token, tabs are not spaces."""
     return _SPACES.split(line)
+
+
+def c_atoi(text: bytes) -> int:
+    """C atoi/strtol on an argument, as gearmand reads numbers: optional
+    blanks, a sign, digits; anything else ends the number (junk is 0)."""
+    s = text.lstrip(b" \t\n\r\v\f")
+    sign = 1
+    if s[:1] in (b"-", b"+"):
+        sign = -1 if s[:1] == b"-" else 1
+        s = s[1:]
+    n = 0
+    for c in s:
+        if 48 <= c <= 57:
+            n = n * 10 + c - 48
+        else:
+            break
+    return sign * n

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from node.jobs import Function
+    from node.job import Function
     from node.session import Session
 
 
