@@ -89,5 +89,10 @@ class Job:
         """What the job coalesces on: the unique, or the payload for ``-``."""
         return self.payload if self.unique == b"-" else self.unique
 
+    @property
+    def clients(self) -> int:
+        """Foreground clients waiting on it."""
+        return len(self.listeners) if self.listeners else 0
+
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.fn.name!r} {self.unique!r} state={self.state}>"

@@ -17,7 +17,7 @@ instead; each such place says so and docs/compatibility.md lists them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from node import protocol as P
@@ -29,7 +29,7 @@ from node.job import Function, Job
 from node.jobstate import DELAYED, GONE, PENDING, QUEUED, RUNNING, move
 from node.jobviews import JobViews
 from node.results import WorkResults, fail_listeners
-from node.seam import ClusterHooks
+from node.seam import ClusterHooks, JobInfo
 from node.session import Session
 from node.stats import Counters
 from node.store import MemoryStore, Store, StoredJob
@@ -80,6 +80,16 @@ class JobManager:
         self.status_packet = views.status_packet
         self.status_unique_packet = views.status_unique_packet
         self.job_by_unique = views.job_by_unique
+        # What the cluster may read (node/seam.py).
+        self.session = views.session
+        self.abilities = views.abilities
+        self.unclaimed = views.unclaimed
+        self.unclaimed_all = views.unclaimed_all
+        self.sleepers = views.sleepers
+        self.sleeper_counts = views.sleeper_counts
+        self.awake_workers = views.awake_workers
+        self.held = views.held
+        self.background_left = views.background_left
 
     @property
     def cluster(self) -> ClusterHooks | None:
@@ -112,7 +122,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ helpers
 
-    def handle_of(self, job: Job) -> bytes:
+    def handle_of(self, job: JobInfo) -> bytes:
         return self.prefix + str(job.id).encode()
 
     def job_by_handle(self, handle: bytes) -> Job | None:
@@ -336,27 +346,37 @@ class JobManager:
             job.worker.held.discard(job)
         job.worker = None
 
-    # -- jobs handed to another node's worker (the cluster's push dispatch)
+    # -- for the cluster: jobs handed to another node's worker (push dispatch)
+    # and to another node (handoff). The cluster names jobs by the read-only
+    # JobInfo these return; a stale one (the job ended or moved meanwhile) is
+    # ignored.
 
-    def take_queued(self, fn: Function, holder: Session) -> Job | None:
-        """Dequeue fn's next runnable job (highest priority first) and count it
-        as running, held by ``holder`` until a worker takes it (``reassign``)
-        or it comes back unstarted (``unassign``)."""
-        job = runqueue.pop_next(fn)
+    def _own(self, info: JobInfo) -> Job | None:
+        job = self.jobs.get(info.id)
+        return job if job is info else None
+
+    def take_queued(self, name: bytes, holder: Session) -> JobInfo | None:
+        """Dequeue the function's next runnable job (highest priority first)
+        and count it as running, held by ``holder`` until a worker takes it
+        (``reassign``) or it comes back unstarted (``unassign``)."""
+        fn = self.functions.get(name)
+        job = runqueue.pop_next(fn) if fn is not None else None
         if job is not None:
             self._run(job, holder, 0)
         return job
 
-    def reassign(self, job: Job, s: Session, timeout_ms: int) -> None:
+    def reassign(self, info: JobInfo, s: Session, timeout_ms: int) -> None:
         """A running job's worker is now ``s`` (a pushed job was taken)."""
-        if job.state != RUNNING:
+        job = self._own(info)
+        if job is None or job.state != RUNNING:
             return
         self._release_worker(job)
         job.worker = s
         s.held.add(job)
         self._arm_timeout(job, s, timeout_ms)
 
-    def take_matching(self, holder: Session, want: Callable[[Job], bool]) -> list[Job]:
+    def take_matching(self, holder: Session,
+                      want: Callable[[JobInfo], bool]) -> Sequence[JobInfo]:
         """Every queued or delayed job for which ``want`` holds, in the order
         workers would get them (per function: priority, then arrival; epoch
         jobs last), counted as running and held by ``holder`` — to be moved
@@ -367,16 +387,18 @@ class JobManager:
             self._run(job, holder, 0)
         return taken
 
-    def handed_off(self, job: Job) -> None:
+    def handed_off(self, info: JobInfo) -> None:
         """Another node now holds this job (durably, if it was stored here):
         it leaves this node without a word to anyone."""
-        if job.state == RUNNING:
+        job = self._own(info)
+        if job is not None and job.state == RUNNING:
             self._finish(job)
 
-    def unassign(self, job: Job) -> None:
-        """A pushed job came back unstarted: to the head of its queue, and not
-        counted as a retry, since no worker ever saw it."""
-        if job.state != RUNNING:
+    def unassign(self, info: JobInfo) -> None:
+        """A pushed or handed-over job came back unstarted: to the head of its
+        queue, and not counted as a retry, since no worker ever saw it."""
+        job = self._own(info)
+        if job is None or job.state != RUNNING:
             return
         self._release_worker(job)
         if job.when and job.when > self.clock.time():

@@ -2,8 +2,9 @@
 of queued jobs and workers for the HTTP API and the dashboard, and the
 replies to GET_STATUS and GET_STATUS_UNIQUE.
 
-Nothing here changes a job, and nothing outside node/ gets a Job, Function or
-Session object through it: only snapshots (node/stats.py) and reply bytes.
+Nothing here changes a job, and nothing outside node/ gets a Function
+through it: counts, snapshots (node/stats.py), reply bytes, and for the
+cluster jobs typed as the read-only node.seam.JobInfo.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from node import replies as R
 from node.delayed import DelayedJobs
 from node.job import Function, Job
 from node.jobstate import DELAYED, GONE, QUEUED, RUNNING
+from node.seam import JobInfo
 from node.session import Session
 from node.stats import FunctionStat, JobSnapshot, WorkerSnapshot
 
@@ -31,6 +33,53 @@ class JobViews:
         self.delayed = delayed
         self.handle_of = handle_of
         self._lookup = lookup  # handle → job
+
+    # -- for the cluster (node/seam.py): counts and copies, never the tables
+
+    def session(self, sid: int) -> Session | None:
+        """The local connection with this id, if it is still here."""
+        return self.sessions.get(sid)
+
+    @staticmethod
+    def abilities(s: Session) -> list[tuple[bytes, int]]:
+        """s's registrations, newest first: (function, CAN_DO_TIMEOUT ms or 0)."""
+        return [(fn.name, timeout) for fn, timeout in s.regs]
+
+    def unclaimed(self, name: bytes) -> int:
+        """Runnable jobs of ``name`` that no local worker is coming for."""
+        fn = self.functions.get(name)
+        return fn.queued - fn.waking if fn is not None and fn.queued > fn.waking else 0
+
+    def unclaimed_all(self) -> dict[bytes, int]:
+        """unclaimed() of every function that has some."""
+        return {fn.name: fn.queued - fn.waking for fn in self.functions.values()
+                if fn.queued > fn.waking}
+
+    def sleepers(self, name: bytes) -> int:
+        """Workers of ``name`` asleep here and not NOOPed yet."""
+        fn = self.functions.get(name)
+        return len(fn.sleepers) if fn is not None else 0
+
+    def sleeper_counts(self) -> dict[bytes, int]:
+        """sleepers() of every function that has some."""
+        return {fn.name: len(fn.sleepers) for fn in self.functions.values() if fn.sleepers}
+
+    def awake_workers(self, name: bytes) -> int:
+        """Registrations of ``name`` by workers that are not asleep."""
+        fn = self.functions.get(name)
+        return fn.workers - len(fn.sleepers) if fn is not None else 0
+
+    def held(self, handle: bytes, holder: Session) -> JobInfo | None:
+        """The job ``holder`` holds under ``handle``, if it does."""
+        job = self._lookup(handle)
+        return job if job is not None and job.worker is holder else None
+
+    def background_left(self, holder: Session) -> int:
+        """Background jobs that are queued or delayed here, or held by ``holder``."""
+        return sum(1 for j in self.jobs.values()
+                   if j.bg and (j.state in (QUEUED, DELAYED) or j.worker is holder))
+
+    # -- for admin, the HTTP API and the dashboard
 
     def function_stats(self) -> Iterator[FunctionStat]:
         for fn in self.functions.values():
@@ -83,9 +132,8 @@ class JobViews:
         if job is None:
             return R.unknown_status_unique(unique)
         running = b"1" if job.state == RUNNING else b"0"
-        clients = len(job.listeners) if job.listeners else 0
         return P.packet(P.STATUS_RES_UNIQUE, b"%s\x001\x00%s\x00%d\x00%d\x00%d" % (
-            unique, running, job.num, job.den, clients))
+            unique, running, job.num, job.den, job.clients))
 
     def job_by_unique(self, unique: bytes) -> Job | None:
         if not unique or unique == b"-":

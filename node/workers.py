@@ -46,7 +46,7 @@ class WorkerRegistry:
         if s.asleep:
             fn.sleepers[s] = None
             if self.cluster is not None:
-                self.cluster.sleepers_changed(fn)
+                self.cluster.sleepers_changed(fn.name)
             if fn.queued > fn.waking:
                 # gearmand leaves it asleep; a NOOP is always safe to send.
                 self.ensure_awake(fn)
@@ -61,7 +61,7 @@ class WorkerRegistry:
             if match(fn):
                 fn.workers -= 1
                 if fn.sleepers.pop(s, 0) is None and self.cluster is not None:
-                    self.cluster.sleepers_changed(fn)
+                    self.cluster.sleepers_changed(fn.name)
             else:
                 keep.append((fn, t))
         s.regs = keep
@@ -76,9 +76,6 @@ class WorkerRegistry:
         s.regs = []
         return woken
 
-    def sleepers(self, name: bytes) -> int:
-        fn = self.functions.get(name)
-        return len(fn.sleepers) if fn is not None else 0
 
     # ------------------------------------------------------------------ sleeping
 
@@ -97,7 +94,7 @@ class WorkerRegistry:
         for fn, _ in s.regs:
             fn.sleepers[s] = None
             if cluster is not None:
-                cluster.sleepers_changed(fn)
+                cluster.sleepers_changed(fn.name)
 
     def stop_sleeping(self, s: Session) -> None:
         if s.asleep:
@@ -106,7 +103,7 @@ class WorkerRegistry:
             for fn, _ in s.regs:
                 fn.sleepers.pop(s, None)
                 if cluster is not None:
-                    cluster.sleepers_changed(fn)
+                    cluster.sleepers_changed(fn.name)
 
     def grabbing(self, s: Session) -> Woken:
         """s asked for a job: it is awake, and its NOOP (if any) did its job."""
@@ -190,4 +187,4 @@ class WorkerRegistry:
         while sleepers and fn.queued > fn.waking:
             self.wake(next(iter(sleepers)))
         if self.cluster is not None and fn.queued > fn.waking:
-            self.cluster.unserved(fn, fn.queued - fn.waking)
+            self.cluster.unserved(fn.name, fn.queued - fn.waking)
