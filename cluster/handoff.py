@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from cluster.frames import REQ, packet_type
+from cluster.frames import REQ
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks
 from node import protocol as P
@@ -154,13 +154,13 @@ class Handoff:
             self._settle(self._sent.pop(rid)[0], b"")
 
     def _settle(self, job: JobInfo, data: bytes) -> None:
-        if packet_type(data) == P.JOB_CREATED:
+        if P.packet_type(data) == P.JOB_CREATED:
             self.m.handed_off(job)
             self.counters.handed_off += 1
         else:
             if data:
                 log.warning("handing job %d over was refused: %r; it stays here", job.id,
-                            data[12:].replace(b"\0", b" "))
+                            P.payload_of(data).replace(b"\0", b" "))
             self.m.unassign(job)
         if self._backlog:
             self._pump()

@@ -52,13 +52,14 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final, cast
 
-from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN, packet_type
+from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN
 from cluster.handoff import Handoff
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
 from node import replies as R
 from node.dispatch import Dispatcher
+from node.handles import node_of
 from node.jobs import JobManager
 from node.session import Session, Slot
 from node.stats import Counters
@@ -185,11 +186,6 @@ class _Relay(Session):
             self._target.send(data)
 
 
-def _handle_of(data: bytes) -> bytes:
-    end = data.find(b"\0", 12)
-    return data[12:] if end < 0 else data[12:end]
-
-
 class Router:
     """Implements node.seam.Forwarder and node.seam.ClusterHooks for one node."""
 
@@ -232,7 +228,6 @@ class Router:
         self._last_advert = 0.0
         self._loop = asyncio.get_running_loop()
         self._tick: asyncio.TimerHandle | None = None
-        self._handle_prefix = b"H:"
         # Wake policy hook (node/wakeup.py): a sleeper woken for a pushed job
         # that does not GRAB in time may be busy on another node; wake the next.
         self._push_wakes: WakeTracker[Session, bytes] = WakeTracker(
@@ -276,13 +271,9 @@ class Router:
         return owner
 
     def _owner_of_handle(self, handle: bytes) -> str | None:
-        if not handle.startswith(self._handle_prefix):
-            return None
-        node, sep, num = handle[2:].rpartition(b":")
-        if not sep or not num.isdigit():
-            return None
-        node_id = node.decode("utf-8", "replace")
-        if node_id == self.node_id or self.map is None or node_id not in self.map.members:
+        node_id = node_of(handle)
+        if node_id is None or node_id == self.node_id or self.map is None \
+                or node_id not in self.map.members:
             return None
         return node_id
 
@@ -408,18 +399,18 @@ class Router:
             return
         s = p.session
         s.fill(p.slot, data)
-        ptype = packet_type(data)
+        ptype = P.packet_type(data)
         if p.kind == K_SUBMIT_FG and ptype == P.JOB_CREATED and not s.closed:
-            self._listening.setdefault(s.id, {})[data[12:]] = p.owner
+            self._listening.setdefault(s.id, {})[P.payload_of(data)] = p.owner
 
     def _on_out(self, conn: int, data: bytes) -> None:
         s = self.m.session(conn)
         if s is None:
             return
-        if packet_type(data) in _FINAL_TYPES:
+        if P.packet_type(data) in _FINAL_TYPES:
             waiting = self._listening.get(conn)
             if waiting:
-                waiting.pop(_handle_of(data), None)
+                waiting.pop(P.first_arg(data), None)
         s.send(data)
 
     # ------------------------------------------------------------------ owner side

@@ -25,6 +25,7 @@ from node import replies as R
 from node import runqueue
 from node.clock import Clock
 from node.delayed import DelayedJobs
+from node.handles import Handles
 from node.job import Function, Job
 from node.jobstate import DELAYED, GONE, PENDING, QUEUED, RUNNING, move
 from node.jobviews import JobViews
@@ -54,7 +55,7 @@ class JobManager:
         self.config = config or ManagerConfig()
         self.store: Store = store or MemoryStore()
         self.counters = counters or Counters()
-        self.prefix = self.config.handle_prefix + b":"
+        self.handles = Handles(self.config.handle_prefix)
         self.functions: dict[bytes, Function] = {}
         self.jobs: dict[int, Job] = {}
         self.sessions: dict[int, Session] = {}
@@ -123,17 +124,11 @@ class JobManager:
     # ------------------------------------------------------------------ helpers
 
     def handle_of(self, job: JobInfo) -> bytes:
-        return self.prefix + str(job.id).encode()
+        return self.handles.of(job.id)
 
     def job_by_handle(self, handle: bytes) -> Job | None:
-        prefix = self.prefix
-        if not handle.startswith(prefix):
-            return None
-        digits = handle[len(prefix):]
-        # Handles are exact strings: "H:x:01" is not "H:x:1".
-        if not digits.isdigit() or len(digits) > 19 or digits[0] == 48:
-            return None
-        return self.jobs.get(int(digits))
+        jid = self.handles.number(handle)
+        return self.jobs.get(jid) if jid is not None else None
 
     def function(self, name: bytes) -> Function:
         fn = self.functions.get(name)
@@ -143,7 +138,7 @@ class JobManager:
 
     def is_local_handle(self, handle: bytes) -> bool:
         """Whether ``handle`` has this node's prefix (it may name no job)."""
-        return handle.startswith(self.prefix)
+        return self.handles.is_local(handle)
 
     # ------------------------------------------------------------------ submits
 
@@ -184,14 +179,14 @@ class JobManager:
         if not bg:
             job.listeners = [s]
             s.listening.add(job)
-            s.send(P.packet(P.JOB_CREATED, self.prefix + str(jid).encode()))
+            s.send(P.packet(P.JOB_CREATED, self.handles.of(jid)))
             self._make_runnable(job)
         elif self.store.durable:
             move(job, PENDING)
             job.waiters = [(s, s.reserve())]
             self._store(job)
         else:
-            s.send(P.packet(P.JOB_CREATED, self.prefix + str(jid).encode()))
+            s.send(P.packet(P.JOB_CREATED, self.handles.of(jid)))
             self._make_runnable(job)
         return job
 
@@ -229,7 +224,7 @@ class JobManager:
         job.waiters = None
         if err is None:
             if waiters:
-                created = P.packet(P.JOB_CREATED, self.prefix + str(job.id).encode())
+                created = P.packet(P.JOB_CREATED, self.handles.of(job.id))
                 for s, slot in waiters:
                     s.fill(slot, created)
             state = job.state
@@ -314,7 +309,7 @@ class JobManager:
         return job
 
     def assignment(self, job: Job, kind: int) -> bytes:
-        return R.assignment_packet(kind, self.prefix + str(job.id).encode(), job.fn.name,
+        return R.assignment_packet(kind, self.handles.of(job.id), job.fn.name,
                                  job.unique, job.reducer, job.payload)
 
     def _take(self, s: Session) -> Job | None:

@@ -13,6 +13,7 @@ from typing import Any
 import aetcd
 import pytest
 
+from cluster.etcdkeys import node_key, nodes_prefix
 from cluster.memberinfo import MemberInfo
 from cluster.membership import Membership, parse_endpoints
 from cluster.partition import PARTITIONS, PartitionMap
@@ -95,7 +96,7 @@ def test_three_members_see_each_other_and_agree(etcd: EtcdServer, run: Any) -> N
             client = await raw_client(etcd)
             try:
                 newest = max(kv.mod_revision for kv in await client.get_prefix(
-                    f"{PREFIX}/nodes/".encode()))
+                    nodes_prefix(PREFIX)))
             finally:
                 await client.close()
             assert final.epoch == newest
@@ -197,7 +198,7 @@ def test_lost_lease_reregisters(etcd: EtcdServer, run: Any) -> None:
         client = await raw_client(etcd)
         try:
             await eventually(lambda: converged([a, b], {"a", "b"}), 15, "both members")
-            key = f"{PREFIX}/nodes/b".encode()
+            key = node_key(PREFIX, "b")
             old = await client.get(key)
             assert old is not None
             await client.revoke_lease(old.lease)

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from node import protocol as P
 
 SERVER_ENV = "GEARMESH_TEST_SERVER"
 GEARMESH = "gearmesh"
@@ -58,8 +59,8 @@ def _echo_roundtrip(port: int, timeout: float) -> bool:
     token = b"ready?"
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(b"\0REQ" + struct.pack(">II", 16, len(token)) + token)
-            want = b"\0RES" + struct.pack(">II", 17, len(token)) + token
+            sock.sendall(P.request(P.ECHO_REQ, token))
+            want = P.packet(P.ECHO_RES, token)
             got = b""
             while len(got) < len(want):
                 chunk = sock.recv(len(want) - len(got))
