@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aetcd
@@ -18,19 +17,9 @@ from cluster.memberinfo import MemberInfo
 from cluster.membership import Membership, parse_endpoints
 from cluster.partition import PARTITIONS, PartitionMap
 from tests.support.etcd import EtcdServer
+from tests.support.waiting import eventually
 
 PREFIX = "/gearmesh-test"
-
-
-async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {value!r}")
-        await asyncio.sleep(0.02)
 
 
 def member(
