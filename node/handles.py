@@ -38,9 +38,14 @@ class Handles:
 
     def number(self, handle: bytes) -> int | None:
         """The job id ``handle`` names on this node, or None."""
-        if not handle.startswith(self.prefix):
+        prefix = self.prefix
+        if not handle.startswith(prefix):
             return None
-        return _number(handle[len(self.prefix):])
+        digits = handle[len(prefix):]
+        # _number, inlined: this is on every work result's path.
+        if not digits.isdigit() or len(digits) > MAX_DIGITS or digits[0] == 48:
+            return None
+        return int(digits)
 
     def is_local(self, handle: bytes) -> bool:
         """Whether ``handle`` has this node's prefix (it may name no job)."""

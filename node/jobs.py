@@ -262,7 +262,10 @@ class JobManager:
             q.appendleft(job)
         else:
             q.append(job)
-        self.workers.job_queued(fn)
+        # WorkerRegistry.job_queued's own test, here too: it saves a call on
+        # every submit whose job needs no wake-up.
+        if fn.queued > fn.waking and (fn.sleepers or self.workers.cluster is not None):
+            self.workers.ensure_awake(fn)
 
     def _due(self, jid: int) -> None:
         """An epoch job's time came (node/delayed.py)."""
@@ -297,7 +300,7 @@ class JobManager:
              pushed: Callable[[Session, int], bool] | None = None) -> Job | None:
         """GRAB_JOB*; ``pushed`` assigns s a job another node pushed here, if
         one waits (node/dispatch.py passes the cluster's)."""
-        woken = self.workers.grabbing(s)
+        woken = self.workers.grabbing(s) if s.asleep or s.noop_sent else None
         # A job another node pushed here was sent because a worker slept here,
         # and its owner counts it as running: it goes before local work.
         if pushed is not None and pushed(s, kind):
@@ -305,7 +308,8 @@ class JobManager:
         else:
             job = self._take(s)
             s.send(self.assignment(job, kind) if job is not None else P.NO_JOB_PACKET)
-        self.workers.pass_wakes_on(woken)
+        if woken:
+            self.workers.pass_wakes_on(woken)
         return job
 
     def assignment(self, job: Job, kind: int) -> bytes:
@@ -436,7 +440,8 @@ class JobManager:
         """The job leaves the server (its listeners are still on job.listeners)."""
         worker = job.worker
         move(job, GONE)
-        self._release_worker(job)
+        if worker is not None or job.timer is not None:
+            self._release_worker(job)
         self._forget(job)
         if job.stored and job.waiters is None:
             if worker is not None and worker.holds_replies and self.store.durable:
