@@ -39,7 +39,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -48,13 +47,20 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+from node.protocol import (
+    ECHO_REQ,
+    ECHO_RES,
+    HEADER,
+    HEADER_SIZE,
+    JOB_CREATED,
+    REQ,
+    SUBMIT_JOB_BG,
+    packet,
+    request,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 GEARMAND = "/usr/sbin/gearmand"
-HEADER = struct.Struct(">4sII")
-SUBMIT_JOB_BG = 18
-JOB_CREATED = 8
-ECHO_REQ = 16
-ECHO_RES = 17
 TICKS = os.sysconf("SC_CLK_TCK")
 
 TARGETS = ("gm-sqlite", "gm-sqlite-always", "gm-memory", "gd-sqlite", "gd-memory")
@@ -87,8 +93,8 @@ def server_argv(target: str, port: int, workdir: Path) -> list[str]:
 def echo_ok(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(HEADER.pack(b"\0REQ", ECHO_REQ, 2) + b"hi")
-            want = HEADER.pack(b"\0RES", ECHO_RES, 2) + b"hi"
+            s.sendall(request(ECHO_REQ, b"hi"))
+            want = packet(ECHO_RES, b"hi")
             got = b""
             while len(got) < len(want):
                 chunk = s.recv(64)
@@ -192,7 +198,7 @@ class BgSubmitter(asyncio.Protocol):
             data = b"%02d-%010d-" % (self.conn_no, self.seq)
             data = data.ljust(self.payload_size, b"x")
             payload = self.prefix + data
-            out.append(HEADER.pack(b"\0REQ", SUBMIT_JOB_BG, len(payload)) + payload)
+            out.append(HEADER.pack(REQ, SUBMIT_JOB_BG, len(payload)) + payload)
             self.sent_at.append(now)
         assert self.transport is not None
         self.transport.write(b"".join(out))
@@ -204,11 +210,11 @@ class BgSubmitter(asyncio.Protocol):
         w = self.window
         pos = 0
         n = len(buf)
-        while n - pos >= 12:
+        while n - pos >= HEADER_SIZE:
             _, ptype, size = HEADER.unpack_from(buf, pos)
-            if n - pos < 12 + size:
+            if n - pos < HEADER_SIZE + size:
                 break
-            pos += 12 + size
+            pos += HEADER_SIZE + size
             sent = self.sent_at.popleft()
             ok = ptype == JOB_CREATED
             if ok:

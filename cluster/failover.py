@@ -32,7 +32,6 @@ from typing import Final
 
 import msgpack
 
-from cluster.frames import packet_type
 from cluster.partition import PartitionMap
 from node import protocol as P
 from node.jobs import JobManager
@@ -131,7 +130,7 @@ class Failover:
         def on_reply(jid: int, data: bytes) -> None:
             nonlocal outstanding
             outstanding -= 1
-            if packet_type(data) == P.JOB_CREATED:
+            if P.packet_type(data) == P.JOB_CREATED:
                 counts[0] += 1
                 if not finished:
                     loop.call_soon(flush_deletes)

@@ -29,7 +29,3 @@ PUSH: Final = "push"
 TAKEN: Final = "taken"
 RETURN: Final = "return"
 
-
-def packet_type(data: bytes) -> int:
-    """The type of a Gearman packet carried in a frame (0 if it has none)."""
-    return int.from_bytes(data[4:8], "big") if len(data) >= 12 else 0

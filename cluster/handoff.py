@@ -28,11 +28,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from cluster.frames import REQ, packet_type
+from cluster.frames import REQ
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks
 from node import protocol as P
-from node.jobs import DELAYED, HIGH, LOW, NORMAL, QUEUED, Job, JobManager
+from node.job import HIGH, LOW, NORMAL
+from node.jobs import JobManager
+from node.seam import JobInfo
 from node.session import Session
 from node.stats import Counters
 
@@ -66,8 +68,8 @@ class Handoff:
         self.counters = counters
         self._next_rid = next_rid
         self._holder = _Holder()
-        self._sent: dict[int, tuple[Job, str]] = {}  # request id → (job, new owner)
-        self._backlog: deque[tuple[Job, str]] = deque()  # taken, waiting for the window
+        self._sent: dict[int, tuple[JobInfo, str]] = {}  # request id → (job, new owner)
+        self._backlog: deque[tuple[JobInfo, str]] = deque()  # taken, waiting for the window
         self._all_answered: asyncio.Event | None = None
         self._rotate = 0
         self.refused = 0  # jobs put back by the last start(): their target was unreachable
@@ -81,10 +83,10 @@ class Handoff:
         draining = self.node_id not in pmap.active
         targets: dict[int, str] = {}
 
-        def want(job: Job) -> bool:
-            if not job.bg or job.listeners or job.reducer:
+        def want(job: JobInfo) -> bool:
+            if not job.bg or job.clients or job.reducer:
                 return False
-            key = job.payload if job.unique == b"-" else job.unique
+            key = job.key
             if key:
                 target = pmap.owner_of_key(key)
             elif draining:
@@ -106,7 +108,7 @@ class Handoff:
         """Send from the backlog while the window has room; jobs whose target
         refuses go back to the head of their queue. Returns how many did."""
         backlog = self._backlog
-        refused: list[Job] = []
+        refused: list[JobInfo] = []
         while backlog and len(self._sent) < WINDOW:
             job, target = backlog.popleft()
             if not self._send(job, target):
@@ -120,13 +122,13 @@ class Handoff:
         """Handoffs are waiting to be sent or answered."""
         return bool(self._sent or self._backlog)
 
-    def _send(self, job: Job, target: str) -> bool:
+    def _send(self, job: JobInfo, target: str) -> bool:
         if job.when:
             ptype = P.SUBMIT_JOB_EPOCH
-            args = [job.fn.name, job.unique, str(job.when).encode(), job.payload]
+            args = [job.function, job.unique, str(job.when).encode(), job.payload]
         else:
             ptype = _BG_SUBMIT[job.priority]
-            args = [job.fn.name, job.unique, job.payload]
+            args = [job.function, job.unique, job.payload]
         rid = self._next_rid()
         if not self.links.send(target, [REQ, rid, HANDOFF_CONN, False, ptype, args]):
             return False
@@ -151,14 +153,14 @@ class Handoff:
         for rid in [r for r, (_, target) in self._sent.items() if target == node_id]:
             self._settle(self._sent.pop(rid)[0], b"")
 
-    def _settle(self, job: Job, data: bytes) -> None:
-        if packet_type(data) == P.JOB_CREATED:
+    def _settle(self, job: JobInfo, data: bytes) -> None:
+        if P.packet_type(data) == P.JOB_CREATED:
             self.m.handed_off(job)
             self.counters.handed_off += 1
         else:
             if data:
                 log.warning("handing job %d over was refused: %r; it stays here", job.id,
-                            data[12:].replace(b"\0", b" "))
+                            P.payload_of(data).replace(b"\0", b" "))
             self.m.unassign(job)
         if self._backlog:
             self._pump()
@@ -204,5 +206,4 @@ class Handoff:
     def left(self) -> int:
         """Background jobs here that a drain should have moved: queued or
         delayed, or still on their way."""
-        return sum(1 for j in self.m.jobs.values()
-                   if j.bg and (j.state in (QUEUED, DELAYED) or j.worker is self._holder))
+        return self.m.background_left(self._holder)

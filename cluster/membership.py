@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -31,7 +30,9 @@ from typing import Any, Final
 import aetcd
 import grpc
 
+from cluster.backoff import backoff
 from cluster.etcdclient import make_channel, make_client
+from cluster.etcdkeys import node_id_of, node_key, nodes_prefix
 from cluster.keepalive import LeaseKeeper
 from cluster.memberinfo import MemberInfo, NodeState
 from cluster.partition import PartitionMap
@@ -90,8 +91,8 @@ class Membership:
         if not node_id or "/" in node_id:
             raise ValueError(f"node id {node_id!r} must be non-empty and contain no '/'")
         self._endpoints = parse_endpoints(endpoints)
-        self._prefix_bytes = (prefix.rstrip("/") + "/nodes/").encode()
-        self._key = self._prefix_bytes + node_id.encode()
+        self._prefix_bytes = nodes_prefix(prefix)
+        self._key = node_key(prefix, node_id)
         self.node_id = node_id
         self._info = info
         # etcd leases are whole seconds, and below 2 s a single slow keepalive
@@ -372,7 +373,7 @@ class Membership:
         async for event in watch:
             key: bytes = event.kv.key
             revision: int = event.kv.mod_revision
-            node_id = key[len(self._prefix_bytes):].decode(errors="replace")
+            node_id = node_id_of(key, self._prefix_bytes)
             if event.kind == aetcd.EventKind.DELETE:
                 self._members.pop(node_id, None)
                 if key == self._key:
@@ -402,7 +403,7 @@ class Membership:
     # -- map delivery ---------------------------------------------------
 
     def _decode(self, key: bytes, value: bytes) -> tuple[str, MemberInfo] | None:
-        node_id = key[len(self._prefix_bytes):].decode(errors="replace")
+        node_id = node_id_of(key, self._prefix_bytes)
         if not node_id or "/" in node_id:
             return None
         try:
@@ -439,9 +440,8 @@ class Membership:
     # -- outage bookkeeping ------------------------------------------------
 
     def _backoff(self, failures: int) -> float:
-        ceiling = min(self._max_backoff, _BACKOFF_START * 2.0 ** min(failures, 16))
         # Jitter spreads the reconnects of many nodes after an etcd restart.
-        return ceiling * random.uniform(0.5, 1.0)
+        return backoff(failures, _BACKOFF_START, self._max_backoff)
 
     def _report_outage(self, where: str, exc: BaseException, delay: float) -> None:
         now = time.monotonic()

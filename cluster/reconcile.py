@@ -33,8 +33,9 @@ from typing import Any, Final
 from cluster.failover import Failover
 from cluster.partition import PartitionMap
 from cluster.peerlink import PeerLinks
-from node.jobs import Job, JobManager
+from node.jobs import JobManager
 from node.replicastore import ReplicaStore
+from node.seam import JobInfo
 from node.session import Session
 
 log = logging.getLogger("gearmesh.cluster")
@@ -64,7 +65,7 @@ class Reconcile:
         self.store = store
         self.failover = failover
         self._holder = _Holder()
-        self._held: dict[int, Job] = {}
+        self._held: dict[int, JobInfo] = {}
         self._waiting: set[str] | None = None  # asked, not answered yet
         self._answered: set[str] = set()
         self._elsewhere: set[int] = set()
@@ -78,7 +79,7 @@ class Reconcile:
     def hold(self, why: str) -> None:
         """Take every queued background job out of the queue until the peers
         have said which of them they promoted."""
-        taken = self.m.take_matching(self._holder, lambda j: j.bg and not j.listeners)
+        taken = self.m.take_matching(self._holder, lambda j: j.bg and j.clients == 0)
         for job in taken:
             self._held[job.id] = job
         if taken:

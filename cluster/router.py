@@ -52,14 +52,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, cast
 
-from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN, packet_type
+from cluster.frames import GONE, OUT, PUSH, REP, REQ, RETURN, SUP, TAKEN
 from cluster.handoff import Handoff
 from cluster.partition import PartitionMap
 from cluster.peerlink import LinkState, PeerLinks
 from node import protocol as P
 from node import replies as R
 from node.dispatch import Dispatcher
-from node.jobs import Function, JobManager
+from node.handles import node_of
+from node.jobs import JobManager
 from node.session import Session, Slot
 from node.stats import Counters
 from node.wakeup import WakeTracker
@@ -192,11 +193,6 @@ class _Relay(Session):
             self._target.send(data)
 
 
-def _handle_of(data: bytes) -> bytes:
-    end = data.find(b"\0", 12)
-    return data[12:] if end < 0 else data[12:end]
-
-
 class Router:
     """Implements node.seam.Forwarder and node.seam.ClusterHooks for one node."""
 
@@ -226,7 +222,7 @@ class Router:
         # owner side: sleeping workers per function per node (as advertised,
         # less what we pushed since), and functions with work to push.
         self._supply: dict[bytes, dict[str, int]] = {}
-        self._to_push: set[Function] = set()
+        self._to_push: set[bytes] = set()
         self._push_scheduled = False
         self._rotate = 0
         # advertising our own sleepers
@@ -285,13 +281,9 @@ class Router:
         return owner
 
     def _owner_of_handle(self, handle: bytes) -> str | None:
-        if not handle.startswith(self._handle_prefix):
-            return None
-        node, sep, num = handle[2:].rpartition(b":")
-        if not sep or not num.isdigit():
-            return None
-        node_id = node.decode("utf-8", "replace")
-        if node_id == self.node_id or self.map is None or node_id not in self.map.members:
+        node_id = node_of(handle)
+        if node_id is None or node_id == self.node_id or self.map is None \
+                or node_id not in self.map.members:
             return None
         return node_id
 
@@ -359,12 +351,12 @@ class Router:
         pushed = self._pushed
         if not pushed:
             return False
-        for fn, timeout in s.regs:
-            q = pushed.get(fn.name)
+        for name, timeout in self.m.abilities(s):
+            q = pushed.get(name)
             while q:
                 p = q.popleft()
                 if not q:
-                    del pushed[fn.name]
+                    del pushed[name]
                 # Only a job whose owner will hear who took it may run:
                 # otherwise its results could not reach it and it would run
                 # twice. (A stale job is dropped; its owner requeues it.)
@@ -394,7 +386,7 @@ class Router:
 
     def remote_work(self, s: Session) -> bool:
         pushed = self._pushed
-        return bool(pushed) and any(fn.name in pushed for fn, _ in s.regs)
+        return bool(pushed) and any(name in pushed for name, _ in self.m.abilities(s))
 
     def detached(self, s: Session) -> None:
         self._push_wakes.answered(s)
@@ -417,18 +409,18 @@ class Router:
             return
         s = p.session
         s.fill(p.slot, data)
-        ptype = packet_type(data)
+        ptype = P.packet_type(data)
         if p.kind == K_SUBMIT_FG and ptype == P.JOB_CREATED and not s.closed:
-            self._listening.setdefault(s.id, {})[data[12:]] = p.owner
+            self._listening.setdefault(s.id, {})[P.payload_of(data)] = p.owner
 
     def _on_out(self, conn: int, data: bytes) -> None:
-        s = self.m.sessions.get(conn)
+        s = self.m.session(conn)
         if s is None:
             return
-        if packet_type(data) in _FINAL_TYPES:
+        if P.packet_type(data) in _FINAL_TYPES:
             waiting = self._listening.get(conn)
             if waiting:
-                waiting.pop(_handle_of(data), None)
+                waiting.pop(P.first_arg(data), None)
         s.send(data)
 
     # ------------------------------------------------------------------ owner side
@@ -450,11 +442,11 @@ class Router:
         proxy.exceptions = bool(exceptions)
         proxy.rid = rid
         proxy.lazy = ptype in _FG_TYPES
-        freed: Function | None = None
+        freed: bytes | None = None
         if ptype in _FINAL_TYPES and args:
-            job = self.m.job_by_handle(bytes(args[0]))
-            if job is not None and job.worker is proxy:
-                freed = job.fn
+            job = self.m.held(bytes(args[0]), proxy)
+            if job is not None:
+                freed = job.function
         try:
             self.dispatcher.handle_local(proxy, ptype, tuple(args))
         except Exception:
@@ -467,20 +459,20 @@ class Router:
         if freed is not None:
             self._worker_freed(freed, node_id)
 
-    def _worker_freed(self, fn: Function, node_id: str) -> None:
+    def _worker_freed(self, name: bytes, node_id: str) -> None:
         """A worker there finished a job of ours, so it is about to ask for
         more: count it as available again at once. Waiting for its node's
         next advert would leave our next job queued for up to SUPPLY_DELAY
         whenever that node's sleeper count only went from some to some."""
-        supply = self._supply.setdefault(fn.name, {})
+        supply = self._supply.setdefault(name, {})
         supply[node_id] = supply.get(node_id, 0) + 1
-        if fn.queued > fn.waking:
-            self.unserved(fn, fn.queued - fn.waking)
+        if n := self.m.unclaimed(name):
+            self.unserved(name, n)
 
     def _on_taken(self, node_id: str, handle: bytes, conn: int, timeout_ms: int) -> None:
-        job = self.m.job_by_handle(bytes(handle))
         holder = self._proxies.get((node_id, HOLDER_CONN))
-        if job is None or holder is None or job.worker is not holder:
+        job = self.m.held(bytes(handle), holder) if holder is not None else None
+        if job is None:
             # Requeued meanwhile (that node's link broke); the worker's
             # results will find no job here, as for any stale handle.
             log.warning("node %s took job %r, which it no longer held", node_id, handle)
@@ -488,12 +480,12 @@ class Router:
         self.m.reassign(job, self._proxy(node_id, conn), int(timeout_ms))
 
     def _on_return(self, node_id: str, handle: bytes) -> None:
-        job = self.m.job_by_handle(bytes(handle))
         holder = self._proxies.get((node_id, HOLDER_CONN))
-        if job is None or holder is None or job.worker is not holder:
+        job = self.m.held(bytes(handle), holder) if holder is not None else None
+        if job is None:
             return
         # It had no sleeper after all: count none there until it says otherwise.
-        supply = self._supply.get(job.fn.name)
+        supply = self._supply.get(job.function)
         if supply is not None and node_id in supply:
             supply[node_id] = 0
         self.m.unassign(job)
@@ -505,8 +497,8 @@ class Router:
 
     # ------------------------------------------------------------------ wake-ups
 
-    def sleepers_changed(self, fn: Function) -> None:
-        self.sleepers_changed_name(fn.name)
+    def sleepers_changed(self, name: bytes) -> None:
+        self.sleepers_changed_name(name)
 
     def sleepers_changed_name(self, name: bytes) -> None:
         self._dirty.add(name)
@@ -522,7 +514,7 @@ class Router:
         finished job gives one back), and this bounds how long a wrong guess
         can keep a job queued while a worker sleeps."""
         self._refresh = None
-        sup = {fn.name: len(fn.sleepers) for fn in self.m.functions.values() if fn.sleepers}
+        sup = self.m.sleeper_counts()
         if not sup:
             return
         self._advertised.update(sup)
@@ -547,12 +539,10 @@ class Router:
             if self._late is None:
                 self._late = self._loop.call_later(wait, self._flush_supply, True)
             return
-        funcs = self.m.functions
         advertised = self._advertised
         sup = {}
         for name in self._dirty:
-            fn = funcs.get(name)
-            n = len(fn.sleepers) if fn is not None else 0
+            n = self.m.sleepers(name)
             if n != advertised.get(name, 0):
                 sup[name] = n
                 advertised[name] = n
@@ -563,7 +553,7 @@ class Router:
                 self.links.send(node_id, [SUP, sup])
 
     def _advertise_all(self, node_id: str) -> None:
-        sup = {fn.name: len(fn.sleepers) for fn in self.m.functions.values() if fn.sleepers}
+        sup = self.m.sleeper_counts()
         self._advertised.update(sup)
         if sup:
             self.links.send(node_id, [SUP, sup])
@@ -574,12 +564,12 @@ class Router:
             return ()
         return [n for n in m.members if n != self.node_id]
 
-    def unserved(self, fn: Function, count: int) -> None:
+    def unserved(self, name: bytes, count: int) -> None:
         # Pushed once per loop iteration, not from inside the manager's call
         # (it is in the middle of a submit or a requeue).
-        if fn.name not in self._supply:
+        if name not in self._supply:
             return
-        self._to_push.add(fn)
+        self._to_push.add(name)
         if not self._push_scheduled:
             self._push_scheduled = True
             self._loop.call_soon(self._push_all)
@@ -587,11 +577,11 @@ class Router:
     def _push_all(self) -> None:
         self._push_scheduled = False
         todo, self._to_push = self._to_push, set()
-        for fn in todo:
-            self._push(fn)
+        for name in todo:
+            self._push(name)
 
-    def _push(self, fn: Function) -> None:
-        supply = self._supply.get(fn.name)
+    def _push(self, name: bytes) -> None:
+        supply = self._supply.get(name)
         if not supply:
             return
         nodes = [n for n, k in supply.items() if k > 0]
@@ -601,19 +591,19 @@ class Router:
         start = self._rotate % len(nodes)
         m = self.m
         # Spread: one job per node per round, so no node's workers starve.
-        while nodes and fn.queued > fn.waking:
+        while nodes and m.unclaimed(name):
             progressed = False
             for i in range(len(nodes)):
                 node_id = nodes[(start + i) % len(nodes)]
-                if fn.queued <= fn.waking:
+                if not m.unclaimed(name):
                     break
                 if supply.get(node_id, 0) <= 0:
                     continue
-                job = m.take_queued(fn, self._proxy(node_id, HOLDER_CONN))
+                job = m.take_queued(name, self._proxy(node_id, HOLDER_CONN))
                 if job is None:
                     return
                 supply[node_id] -= 1  # until its next advert
-                frame = [PUSH, m.handle_of(job), fn.name, job.unique, job.reducer, job.payload]
+                frame = [PUSH, m.handle_of(job), name, job.unique, job.reducer, job.payload]
                 if not self.links.send(node_id, frame):
                     supply[node_id] = 0
                     m.unassign(job)
@@ -624,30 +614,24 @@ class Router:
                 break
 
     def _on_sup(self, node_id: str, sup: dict[bytes, int]) -> None:
-        funcs = self.m.functions
         for name, k in sup.items():
             name = bytes(name)
             self._supply.setdefault(name, {})[node_id] = int(k)
-            if k > 0:
-                fn = funcs.get(name)
-                if fn is not None and fn.queued > fn.waking:
-                    self.unserved(fn, fn.queued - fn.waking)
+            if k > 0 and (n := self.m.unclaimed(name)):
+                self.unserved(name, n)
 
     def _on_push(self, node_id: str, handle: bytes, name: bytes, unique: bytes,
                  reducer: bytes, payload: bytes) -> None:
         name = bytes(name)
-        fn = self.m.functions.get(name)
         q = self._pushed.get(name)
         # Kept for a sleeper (woken now), or briefly for a worker that is
         # awake: one that just finished a job is on its way to GRAB or
         # PRE_SLEEP, and both find the pushed job. Never more than there are
         # awake workers.
-        if fn is None:
-            hold = 0.0
-        elif woken := self.m.wake_sleepers(name, 1):
+        if woken := self.m.wake_sleepers(name, 1):
             hold = PUSH_HOLD
             self._push_wakes.sent(woken[0], name)
-        elif (len(q) if q else 0) < fn.workers - len(fn.sleepers):
+        elif (len(q) if q else 0) < self.m.awake_workers(name):
             hold = PUSH_HOLD_AWAKE
             if self._short is None:
                 self._short = self._loop.call_later(PUSH_HOLD_AWAKE, self._expire_pushed)
@@ -703,9 +687,9 @@ class Router:
         if self._pushed:
             self._expire_pushed()
             busy = bool(self._pushed)
-        for fn in self.m.functions.values():
-            if fn.queued > fn.waking and self._supply.get(fn.name):
-                self.unserved(fn, fn.queued - fn.waking)
+        for name, n in self.m.unclaimed_all().items():
+            if self._supply.get(name):
+                self.unserved(name, n)
                 busy = True
         if busy:
             self._arm_tick()
@@ -771,7 +755,7 @@ class Router:
             lost = [h for h, owner in waiting.items() if owner == node_id]
             if not lost:
                 continue
-            s = self.m.sessions.get(conn)
+            s = self.m.session(conn)
             for h in lost:
                 del waiting[h]
                 if s is not None:

@@ -20,6 +20,7 @@ import aiohttp
 from cluster.membership import Membership
 from cluster.peerlink import PeerLinks
 from node.api import Member
+from node.handles import node_of
 
 ASK_TIMEOUT = 1.5  # seconds for one peer's answer
 GONE_KEPT = 900.0  # a node that left stays listed as "gone" this long (the chart's span)
@@ -72,15 +73,9 @@ class ClusterViews:
         return sorted(out, key=lambda x: x.node_id)
 
     def owner_of_handle(self, handle: bytes) -> str | None:
-        # Handles are H:<owner node id>:<n> (node.config.handle_prefix); the
-        # router reads them by the same rule to route GET_STATUS.
-        if not handle.startswith(b"H:"):
-            return None
-        node, sep, num = handle[2:].rpartition(b":")
-        if not sep or not num.isdigit():
-            return None
-        node_id = node.decode("utf-8", "replace")
-        if node_id == self.node_id:
+        # The router reads handles by the same rule to route GET_STATUS.
+        node_id = node_of(handle)
+        if node_id is None or node_id == self.node_id:
             return None
         known = {x.node_id for x in self.members() if x.state != "gone"}
         return node_id if node_id in known else None

@@ -101,16 +101,17 @@ async def http_view(session: aiohttp.ClientSession, m: Member) -> dict[str, Any]
 async def members(etcd: str, prefix: str) -> list[Member]:
     import aetcd
 
+    from cluster.etcdkeys import node_id_of, nodes_prefix
     from cluster.memberinfo import MemberInfo
     from cluster.membership import parse_endpoints
 
     host, port = parse_endpoints(etcd)[0]
     client = aetcd.Client(host, port, timeout=5)
     try:
-        nodes_prefix = (prefix.rstrip("/") + "/nodes/").encode()
+        nodes = nodes_prefix(prefix)
         out = []
-        for kv in await client.get_prefix(nodes_prefix):
-            node_id = kv.key[len(nodes_prefix):].decode()
+        for kv in await client.get_prefix(nodes):
+            node_id = node_id_of(kv.key, nodes)
             try:
                 info = MemberInfo.decode(kv.value)
             except ValueError:

@@ -12,8 +12,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.jobs import HIGH, LOW, NORMAL, JobManager, c_atoi
-from node.protocol import split_admin
+from node.job import HIGH, LOW, NORMAL
+from node.jobs import JobManager
+from node.jobstate import QUEUED
+from node.protocol import c_atoi, split_admin
 from node.session import Session
 
 VERSION = b"1.1.20"
@@ -59,7 +61,7 @@ class Admin:
         if word == b"prioritystatus":
             out = []
             for fn in m.functions.values():
-                counts = [sum(1 for j in q if j.state == 1) for q in fn.queues]
+                counts = [sum(1 for j in q if j.state == QUEUED) for q in fn.queues]
                 out.append(b"%s\t%d\t%d\t%d\t%d\n" % (fn.name.split(b"\0", 1)[0], counts[HIGH],
                                                       counts[NORMAL] + fn.delayed + fn.pending,
                                                       counts[LOW], fn.workers))

@@ -9,6 +9,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.handles import node_prefix
+
 LEVELS = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
 
 
@@ -74,7 +76,7 @@ class NodeConfig:
 
     @property
     def handle_prefix(self) -> str:
-        return self.job_handle_prefix or f"H:{self.effective_node_id}"
+        return self.job_handle_prefix or node_prefix(self.effective_node_id)
 
     @property
     def advertise_host(self) -> str:

@@ -15,7 +15,8 @@ from typing import Final
 
 from node import protocol as P
 from node import replies as R
-from node.jobs import HIGH, LOW, NORMAL, JobManager, c_atoi
+from node.job import HIGH, LOW, NORMAL
+from node.jobs import JobManager
 from node.seam import Forwarder
 from node.session import Session
 
@@ -162,7 +163,7 @@ class Dispatcher:
         return handler
 
     def _submit_epoch(self, s: Session, args: tuple[bytes, ...]) -> None:
-        when = c_atoi(args[2])
+        when = P.c_atoi(args[2])
         if not -(2**63) <= when < 2**63:
             s.send(R.EPOCH_OUT_OF_RANGE)
             return
@@ -178,7 +179,7 @@ class Dispatcher:
         self.m.register(s, args[0], 0)
 
     def _can_do_timeout(self, s: Session, args: tuple[bytes, ...]) -> None:
-        ms = c_atoi(args[1][:20])
+        ms = P.c_atoi(args[1][:20])
         if ms <= 0:
             ms = 0
         elif ms < 1000:

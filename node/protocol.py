@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 REQ: Final = b"\0REQ"
@@ -95,9 +96,15 @@ MAX_ARG: Final = 8192
 MAX_LINE: Final = 8192
 DEFAULT_MAX_PACKET: Final = 64 * 1024 * 1024
 
-_HEADER: Final = struct.Struct(">II")
-_unpack_header = _HEADER.unpack_from
-_pack_header = _HEADER.pack
+# Every packet starts with this header: magic (REQ or RES), type, payload size.
+# The one place it is spelled; everything that frames packets uses it.
+HEADER: Final = struct.Struct(">4sII")
+HEADER_SIZE: Final = HEADER.size  # 12: where a packet's payload starts
+# Type and size alone, for the decoder (it checks the magic itself) and for
+# building packets behind a constant magic.
+_TYPE_SIZE: Final = struct.Struct(">II")
+_unpack_header = _TYPE_SIZE.unpack_from
+_pack_header = _TYPE_SIZE.pack
 
 # (ptype, args) | (TEXT, line) | (VIOLATION, code, text, close)
 Event = tuple[Any, ...]
@@ -228,6 +235,58 @@ def error_packet(code: bytes, text: bytes) -> bytes:
     return packet(ERROR, code + b"\0" + text)
 
 
+def packet_type(data: bytes) -> int:
+    """The type of one packet in ``data`` (0 if it is shorter than a header)."""
+    return int.from_bytes(data[4:8], "big") if len(data) >= HEADER_SIZE else 0
+
+
+def payload_of(data: bytes) -> bytes:
+    """The payload of one whole packet."""
+    return data[HEADER_SIZE:]
+
+
+def first_arg(data: bytes) -> bytes:
+    """The first NUL-separated argument of one whole packet (its handle, for
+    JOB_CREATED and WORK_*)."""
+    end = data.find(b"\0", HEADER_SIZE)
+    return data[HEADER_SIZE:] if end < 0 else data[HEADER_SIZE:end]
+
+
+class BadMagic(ValueError):
+    """A packet did not start with the magic the reader expected."""
+
+
+def decode_packets(data: bytes, on_packet: Callable[[int, bytes], object], pos: int = 0,
+                   magic: bytes = RES) -> int:
+    """Call ``on_packet(ptype, payload)`` for each whole packet in ``data``
+    from ``pos``, and return where the incomplete rest begins. For readers of
+    a server's responses (tests, the load generator), so it is a plain loop
+    over the header: a callback per packet, no objects of its own. Raises
+    :class:`BadMagic` on a packet that does not start with ``magic``."""
+    end = len(data)
+    unpack = HEADER.unpack_from
+    while end - pos >= HEADER_SIZE:
+        head, ptype, size = unpack(data, pos)
+        stop = pos + HEADER_SIZE + size
+        if stop > end:
+            break
+        if head != magic:
+            raise BadMagic(f"bad magic {head!r} at byte {pos}")
+        on_packet(ptype, data[pos + HEADER_SIZE:stop])
+        pos = stop
+    return pos
+
+
+def responses(data: bytes, magic: bytes = RES) -> list[tuple[int, bytes]]:
+    """Every packet in ``data``, which must hold whole packets only:
+    [(ptype, payload)]. Raises ValueError on a truncated one."""
+    out: list[tuple[int, bytes]] = []
+    rest = decode_packets(data, lambda t, p: out.append((t, p)), 0, magic)
+    if rest != len(data):
+        raise ValueError(f"truncated packet in {data[rest:]!r}")
+    return out
+
+
 NOOP_PACKET: Final = packet(NOOP)
 NO_JOB_PACKET: Final = packet(NO_JOB)
 ERR_INVALID_COMMAND: Final = error_packet(b"INVALID_COMMAND", b"Command not expected")
@@ -239,3 +298,20 @@ def split_admin(line: bytes) -> list[bytes]:
     """Tokens the way gearmand splits an admin line: runs of spaces separate,
     a leading or trailing space yields an empty token, tabs are not spaces."""
     return _SPACES.split(line)
+
+
+def c_atoi(text: bytes) -> int:
+    """C atoi/strtol on an argument, as gearmand reads numbers: optional
+    blanks, a sign, digits; anything else ends the number (junk is 0)."""
+    s = text.lstrip(b" \t\n\r\v\f")
+    sign = 1
+    if s[:1] in (b"-", b"+"):
+        sign = -1 if s[:1] == b"-" else 1
+        s = s[1:]
+    n = 0
+    for c in s:
+        if 48 <= c <= 57:
+            n = n * 10 + c - 48
+        else:
+            break
+    return sign * n

@@ -19,19 +19,23 @@ local work); the job manager tells :class:`ClusterHooks` about dispatch:
 * a session going away (``detached``), so the owners it talked to requeue
   its jobs and drop its subscriptions.
 
-The cluster drives the node back through public methods: it wraps peers on
-other nodes in :class:`node.session.Session` subclasses and calls
-``Dispatcher.handle_local`` for their requests, and
-``JobManager.detach``/``take_queued``/``reassign``/``unassign``/
-``wake_sleepers`` for dispatch.
+The cluster drives the node back through public methods only, and sees
+jobs only as read-only :class:`JobInfo`: it wraps peers on other nodes in
+:class:`node.session.Session` subclasses and calls
+``Dispatcher.handle_local`` for their requests, and the job manager's
+"for the cluster" methods (node/jobs.py: ``session``, ``abilities``,
+``unclaimed``, ``sleepers``, ``held``, ``take_queued``/``reassign``/
+``unassign``, ``take_matching``/``handed_off``, ``wake_sleepers``,
+``detach``) for dispatch and handoff. It never reads the manager's tables.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from node.store import Record
+
 if TYPE_CHECKING:
-    from node.jobs import Function
     from node.session import Session
 
 
@@ -68,8 +72,25 @@ class Forwarder(Protocol):
 class ClusterHooks(Protocol):
     """Told by the job manager about dispatch across nodes."""
 
-    def unserved(self, fn: Function, count: int) -> None:
-        """``count`` runnable jobs of fn have no local worker coming for them."""
+    def unserved(self, name: bytes, count: int) -> None:
+        """``count`` runnable jobs of function ``name`` have no local worker
+        coming for them."""
         ...
 
-    def sleepers_changed(self, fn: Function) -> None: ...
+    def sleepers_changed(self, name: bytes) -> None: ...
+
+
+class JobInfo(Record, Protocol):
+    """A job as the cluster may see it: read-only (node.job.Job is one)."""
+
+    @property
+    def bg(self) -> bool: ...
+    @property
+    def key(self) -> bytes:
+        """What it coalesces on (and is routed by): the unique, or the
+        payload for ``-``."""
+        ...
+    @property
+    def clients(self) -> int:
+        """Foreground clients waiting on it."""
+        ...

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from node.jobs import Function, Job
+    from node.job import Function, Job
 
 
 class Slot:

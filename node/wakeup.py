@@ -14,7 +14,9 @@ Pure: time comes from an injected clock, so the tests drive it with a fake.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Final, Generic, TypeVar
+
+from node.clock import Clock, TimerHandle
 
 # Long enough for an idle worker on a loaded host to answer its NOOP with a
 # GRAB_JOB (a round trip plus a scheduling delay), short against a job.
@@ -24,21 +26,11 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class WakeClock(Protocol):
-    def time(self) -> float: ...
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
-
-
 class WakeTracker(Generic[K, V]):
     """NOOPs sent and not yet answered by a GRAB, oldest first. One timer for
     all of them (never one per NOOP: this is on every job's path)."""
 
-    def __init__(self, clock: WakeClock, on_expired: Callable[[K, V], None],
+    def __init__(self, clock: Clock, on_expired: Callable[[K, V], None],
                  grace: float = WAKE_GRACE) -> None:
         self.clock = clock
         self.grace = grace

@@ -22,13 +22,18 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Callable
 
-_HEADER = struct.Struct(">4sII")
-_RES = b"\0RES"
-_NO_JOB = _HEADER.pack(_RES, 10, 0)
+from node import protocol as P
+
+_HEADER = P.HEADER
+_RES = P.RES
+_NO_JOB = P.NO_JOB_PACKET
+_BG_SUBMITS = (P.SUBMIT_JOB_BG, P.SUBMIT_JOB_HIGH_BG, P.SUBMIT_JOB_LOW_BG)
+_FG_SUBMITS = (P.SUBMIT_JOB, P.SUBMIT_JOB_HIGH, P.SUBMIT_JOB_LOW)
+_GRABS = (P.GRAB_JOB, P.GRAB_JOB_UNIQ, P.GRAB_JOB_ALL)
+_HS = P.HEADER_SIZE
 
 
 class NullProtocol(asyncio.Protocol):
@@ -59,30 +64,30 @@ class NullProtocol(asyncio.Protocol):
                 out.append(self._admin(data[pos:nl].strip()))
                 pos = nl + 1
                 continue
-            if end - pos < 12:
+            if end - pos < _HS:
                 break
             _, ptype, size = unpack(data, pos)
-            stop = pos + 12 + size
+            stop = pos + _HS + size
             if stop > end:
                 break
-            body = data[pos + 12:stop]
+            body = data[pos + _HS:stop]
             pos = stop
-            if ptype in (18, 32, 34):  # SUBMIT_JOB_BG / _HIGH_BG / _LOW_BG
+            if ptype in _BG_SUBMITS:
                 self.counter += 1
                 handle = self.prefix + b"%d" % self.counter
-                out.append(_HEADER.pack(_RES, 8, len(handle)) + handle)
-            elif ptype in (7, 21, 33):  # foreground submits
+                out.append(_HEADER.pack(_RES, P.JOB_CREATED, len(handle)) + handle)
+            elif ptype in _FG_SUBMITS:
                 self.counter += 1
                 handle = self.prefix + b"%d" % self.counter
                 job = body.split(b"\0", 2)[2] if body.count(b"\0") >= 2 else b""
                 if self.corrupt and job:
                     job = bytes([job[0] ^ 0xFF]) + job[1:]
-                out.append(_HEADER.pack(_RES, 8, len(handle)) + handle)
-                out.append(_HEADER.pack(_RES, 13, len(handle) + 1 + len(job))
+                out.append(_HEADER.pack(_RES, P.JOB_CREATED, len(handle)) + handle)
+                out.append(_HEADER.pack(_RES, P.WORK_COMPLETE, len(handle) + 1 + len(job))
                            + handle + b"\0" + job)
-            elif ptype == 16:  # ECHO_REQ
-                out.append(_HEADER.pack(_RES, 17, len(body)) + body)
-            elif ptype in (9, 30, 39):  # grabs
+            elif ptype == P.ECHO_REQ:
+                out.append(_HEADER.pack(_RES, P.ECHO_RES, len(body)) + body)
+            elif ptype in _GRABS:
                 out.append(_NO_JOB)
             # CAN_DO, PRE_SLEEP, WORK_* and the rest need no reply here.
         self.rest = data[pos:] if pos < end else b""

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-# The packet numbers are the node's own (node/protocol.py is sans-IO and cheap
-# to import); the load generator only adds fast framing of its own.
 from gearmesh.bench.tls import ClientTLS, context
-from node.protocol import GRAB_JOB_UNIQ, PRE_SLEEP, REQ, RES, WORK_COMPLETE
+from node.protocol import (
+    GRAB_JOB_UNIQ,
+    HEADER,
+    PRE_SLEEP,
+    REQ,
+    WORK_COMPLETE,
+    BadMagic,
+    decode_packets,
+)
 
-_HEADER = struct.Struct(">4sII")
-HEADER_SIZE = _HEADER.size
+_HEADER = HEADER
 
 # Requests with an empty payload never change, so they are built once.
 PRE_SLEEP_PACKET = _HEADER.pack(REQ, PRE_SLEEP, 0)
@@ -87,21 +91,12 @@ class PacketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._rest:
             data = self._rest + data
-        end = len(data)
-        pos = 0
-        unpack = _HEADER.unpack_from
-        on_packet = self.on_packet
-        while end - pos >= HEADER_SIZE:
-            magic, ptype, size = unpack(data, pos)
-            stop = pos + HEADER_SIZE + size
-            if stop > end:
-                break
-            if magic != RES:
-                self.violation(f"bad magic {magic!r}")
-                return
-            on_packet(ptype, data[pos + HEADER_SIZE:stop])
-            pos = stop
-        self._rest = data[pos:] if pos < end else b""
+        try:
+            pos = decode_packets(data, self.on_packet)
+        except BadMagic as e:
+            self.violation(str(e))
+            return
+        self._rest = data[pos:] if pos < len(data) else b""
         self.after_batch()
 
     def violation(self, why: str) -> None:

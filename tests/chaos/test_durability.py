@@ -16,7 +16,6 @@ import random
 import shutil
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import threading
@@ -30,13 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from node.protocol import HEADER, HEADER_SIZE  # noqa: E402
 from tests.support.admin import status, wait_for_status  # noqa: E402
 from tests.support.ledger import Ledger, LedgerWorker  # noqa: E402
 from tests.support.rawclient import RES, RawClient, T, join, pack  # noqa: E402
 from tests.support.servers import GEARMESH, ServerProcess  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 
-HEADER = struct.Struct(">4sII")
 STORE_FILE = "jobs.sqlite3"
 
 
@@ -196,12 +195,13 @@ class Submitter(threading.Thread):
                     if not data:
                         return
                     buf += data
-                    while len(buf) >= 12:
+                    while len(buf) >= HEADER_SIZE:
                         _, ptype, size = HEADER.unpack_from(buf)
-                        if len(buf) < 12 + size:
+                        end = HEADER_SIZE + size
+                        if len(buf) < end:
                             break
-                        payload = bytes(buf[12:12 + size])
-                        del buf[:12 + size]
+                        payload = bytes(buf[HEADER_SIZE:end])
+                        del buf[:end]
                         mine = self.payloads[received]
                         received += 1
                         if ptype == T.JOB_CREATED:

@@ -11,7 +11,7 @@ import pytest
 from cluster.memberinfo import MemberInfo
 from cluster.partition import PartitionMap
 from node import protocol as P
-from node.jobs import DELAYED
+from node.jobstate import DELAYED
 from tests.support.peernet import Node, cluster, in_loop, unique_owned_by
 
 pytestmark = pytest.mark.timeout(30)

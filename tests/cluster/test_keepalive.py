@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from cluster.etcdkeys import node_key
 from cluster.keepalive import LeaseKeeper
 from tests.cluster.test_membership import eventually, member, raw_client
 from tests.support.etcd import EtcdServer
@@ -33,7 +34,7 @@ def test_registration_survives_a_loop_blocked_past_the_ttl(etcd: EtcdServer, run
             time.sleep(2 * ttl + 0.5)
             client = await raw_client(etcd)
             try:
-                kvs = list(await client.get_prefix(b"/gearmesh-test/nodes/busy"))
+                kvs = list(await client.get_prefix(node_key("/gearmesh-test", "busy")))
             finally:
                 await client.close()
             assert len(kvs) == 1, "the busy node's registration expired"

@@ -7,29 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aetcd
 import pytest
 
+from cluster.etcdkeys import node_key, nodes_prefix
 from cluster.memberinfo import MemberInfo
 from cluster.membership import Membership, parse_endpoints
 from cluster.partition import PARTITIONS, PartitionMap
 from tests.support.etcd import EtcdServer
+from tests.support.waiting import eventually
 
 PREFIX = "/gearmesh-test"
-
-
-async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {value!r}")
-        await asyncio.sleep(0.02)
 
 
 def member(
@@ -95,7 +85,7 @@ def test_three_members_see_each_other_and_agree(etcd: EtcdServer, run: Any) -> N
             client = await raw_client(etcd)
             try:
                 newest = max(kv.mod_revision for kv in await client.get_prefix(
-                    f"{PREFIX}/nodes/".encode()))
+                    nodes_prefix(PREFIX)))
             finally:
                 await client.close()
             assert final.epoch == newest
@@ -197,7 +187,7 @@ def test_lost_lease_reregisters(etcd: EtcdServer, run: Any) -> None:
         client = await raw_client(etcd)
         try:
             await eventually(lambda: converged([a, b], {"a", "b"}), 15, "both members")
-            key = f"{PREFIX}/nodes/b".encode()
+            key = node_key(PREFIX, "b")
             old = await client.get(key)
             assert old is not None
             await client.revoke_lease(old.lease)

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.admin import gearadmin_status
 from tests.support.cluster import Cluster
-from tests.support.ops import api_counts, chromium_page, gearadmin_status, get_json
+from tests.support.ops import api_counts, chromium_page, get_json
 from tests.support.rawclient import RawClient, T
 from tests.support.waiting import wait_until
 

@@ -6,25 +6,13 @@ last ones put the far end in a child process so it can be killed -9."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from cluster.peerlink import LinkState, PeerLinks, PeerLinkServer
-from tests.support.etcd import free_port
-
-
-async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {value!r}")
-        await asyncio.sleep(0.01)
+from tests.support.servers import free_port
+from tests.support.waiting import eventually
 
 
 class Node:

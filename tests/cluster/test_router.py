@@ -14,7 +14,7 @@ import pytest
 
 from cluster import router as R
 from node import protocol as P
-from node.jobs import QUEUED, RUNNING
+from node.jobstate import QUEUED, RUNNING
 from node.wakeup import WAKE_GRACE
 from tests.support.peernet import (
     Conn,

@@ -32,19 +32,13 @@ from gearmesh.bench.owner import OwnedKeys
 from gearmesh.bench.scenarios.common import job_number, merge_bitmaps
 from gearmesh.bench.stats import latency_summary, percentile
 from gearmesh.bench.wire import FunctionStatus, Server, parse_servers, payload_for
-from tests.support.admin import admin_list
+from tests.support.admin import admin_list, status
 from tests.support.cluster import Cluster, ClusterNode
 from tests.support.etcd import ETCD_BINARY
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, free_port
 from tests.support.waiting import wait_until
 
 GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline_s: float = 10.0) -> None:
@@ -84,7 +78,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _gearmand(tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
     if not os.access(GEARMAND, os.X_OK):
         pytest.skip("gearmand (gearman-job-server) is not installed")
-    port = _free_port()
+    port = free_port()
     proc = _start([GEARMAND, "-L", "127.0.0.1", "-p", str(port), "-l", "none",
                    "-P", str(tmp / f"gearmand-{port}.pid")], port)
     return f"127.0.0.1:{port}", proc
@@ -201,7 +195,7 @@ def test_burst(gearmand: str) -> None:
 
 @pytest.fixture()
 def nullserver() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = _start([sys.executable, "-m", "gearmesh.bench.nullserver", "--port", str(port)], port)
     yield f"127.0.0.1:{port}"
     _stop(proc)
@@ -219,7 +213,7 @@ def test_bg_fails_when_server_does_not_hold_the_jobs(nullserver: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_rt_fails_on_wrong_echo() -> None:
-    port = _free_port()
+    port = free_port()
     proc = _start([sys.executable, "-m", "gearmesh.bench.nullserver", "--port", str(port),
                    "--corrupt"], port)
     try:
@@ -234,7 +228,7 @@ def test_rt_fails_on_wrong_echo() -> None:
 
 @pytest.mark.timeout(30)
 def test_unreachable_server_exits_2() -> None:
-    rc, doc = bench("bg", "--servers", f"127.0.0.1:{_free_port()}", "--jobs", "10")
+    rc, doc = bench("bg", "--servers", f"127.0.0.1:{free_port()}", "--jobs", "10")
     assert rc == 2
     assert not doc["ok"] and "unreachable" in doc["error"]
 
@@ -358,11 +352,7 @@ def _ours(rows: dict[str, FunctionStatus], prefix: str) -> FunctionStatus | None
 
 
 def _status(address: str) -> dict[str, FunctionStatus]:
-    rows: dict[str, FunctionStatus] = {}
-    for line in admin_list(address, "status"):
-        name, total, running, workers = line.rsplit("\t", 3)
-        rows[name] = FunctionStatus(int(total), int(running), int(workers))
-    return rows
+    return {name: FunctionStatus(*row) for name, row in status(address).items()}
 
 
 def _connections(address: str, prefix: str) -> tuple[int, int]:

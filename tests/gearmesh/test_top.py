@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ops import gearadmin_status
+from tests.support.admin import gearadmin_status
 from tests.support.rawclient import RawClient, T
 from tests.support.servers import GEARMESH, ServerProcess, free_port
 from tests.support.waiting import wait_until

@@ -16,18 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.helm import render
+from tests.support.servers import free_port
 
 SCRIPT = render.CHART / "files" / "roundtrip.py"
 GEARMAND = Path(os.environ.get("GEARMESH_TEST_GEARMAND", "/usr/sbin/gearmand"))
 
 pytestmark = pytest.mark.no_helm
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

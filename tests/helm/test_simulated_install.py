@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import pytest
 
 from tests.helm import render
 from tests.helm.render import NAMESPACE, find, node_command, node_container
+from tests.support.servers import free_port
 
 ETCD_BINARY = Path(os.environ.get("GEARMESH_TEST_ETCD", "/usr/bin/etcd"))
 GEARMESH = render.ROOT / ".venv" / "bin" / "gearmesh"
@@ -35,13 +35,6 @@ FULL = "gm-gearmesh"
 ETCD = f"{FULL}-etcd"
 DOMAIN = "cluster.local"
 NODES = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, deadline: float, procs: list[subprocess.Popen[bytes]]) -> None:

@@ -15,7 +15,6 @@ imported, so the tests work in any pytest import mode.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +25,6 @@ from node.dispatch import Dispatcher
 from node.jobs import JobManager, ManagerConfig
 from node.session import Session
 from node.store import Store
-
-_HEADER = struct.Struct(">4sII")
 
 PREFIX = b"H:t"
 
@@ -86,17 +83,10 @@ class FakeClock:
 
 def parse_server_packets(data: bytes) -> list[tuple[int, bytes]]:
     """Split bytes written by the server into (type, payload); strict framing."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        assert len(data) - pos >= 12, f"truncated header in {data[pos:]!r}"
-        magic, ptype, size = _HEADER.unpack_from(data, pos)
-        assert magic == P.RES, f"server wrote magic {magic!r}"
-        payload = data[pos + 12:pos + 12 + size]
-        assert len(payload) == size, f"truncated payload in {data[pos:]!r}"
-        out.append((ptype, payload))
-        pos += 12 + size
-    return out
+    try:
+        return P.responses(data)
+    except ValueError as e:  # BadMagic too
+        raise AssertionError(f"server wrote {data!r}: {e}") from e
 
 
 class Peer:

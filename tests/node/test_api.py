@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.ops import api_counts, cancel, gearadmin_status, get_json, request
+from tests.support.admin import gearadmin_status
+from tests.support.ops import api_counts, cancel, get_json, request
 from tests.support.rawclient import RawClient, T
 from tests.support.servers import GEARMESH, ServerProcess, free_port
 from tests.support.waiting import wait_until

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.ops import chromium_page, gearadmin_status
+from tests.support.admin import gearadmin_status
+from tests.support.ops import chromium_page
 from tests.support.rawclient import RawClient, T
 from tests.support.servers import GEARMESH, ServerProcess, free_port
 

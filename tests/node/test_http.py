@@ -14,6 +14,7 @@ import msgpack
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.admin import gearadmin_status
 from tests.support.rawclient import RawClient, T
 from tests.support.servers import GEARMESH, ServerProcess, free_port
 from tests.support.waiting import wait_until
@@ -53,11 +54,8 @@ def test_metrics_match_gearadmin_status() -> None:
         client.submit(b"mail", b"m1", b"x", ptype=T.SUBMIT_JOB_BG)
         worker.can_do(b"resize")
         assert worker.grab().ptype == T.JOB_ASSIGN_UNIQ
-        status = subprocess.run(["gearadmin", "-p", str(server.port), "--status"],
-                                capture_output=True, text=True, timeout=10).stdout
-        rows = {line.split("\t")[0]: [int(x) for x in line.split("\t")[1:]]
-                for line in status.splitlines() if "\t" in line}
-        assert rows == {"resize": [3, 1, 1], "mail": [1, 0, 0]}
+        rows = gearadmin_status(server.port)
+        assert rows == {"resize": (3, 1, 1), "mail": (1, 0, 0)}
         m = metrics(http)
         for name, (total, running, workers) in rows.items():
             labels = (("function", name),)

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from node import protocol as P
-from node.jobs import QUEUED, RUNNING
+from node.jobstate import QUEUED, RUNNING
 from node.store import Added, Record, StoredJob
 
 pytestmark = pytest.mark.timeout(30)

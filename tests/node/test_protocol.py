@@ -504,3 +504,38 @@ def test_fuzz_mutated_valid_streams_never_raise(items: list[tuple[bytes, tuple]]
 ])
 def test_split_admin(line: bytes, tokens: list[bytes]) -> None:
     assert split_admin(line) == tokens
+
+
+# -- the response decoder and packet accessors (node/protocol.py owns the header)
+
+
+def test_decode_packets_stops_at_an_incomplete_packet() -> None:
+    whole = P.packet(P.JOB_CREATED, b"H:x:1") + P.packet(P.WORK_COMPLETE, b"H:x:1\0done")
+    data = whole + P.packet(P.NOOP)[:7]
+    got: list[tuple[int, bytes]] = []
+    rest = P.decode_packets(data, lambda t, p: got.append((t, p)))
+    assert got == [(P.JOB_CREATED, b"H:x:1"), (P.WORK_COMPLETE, b"H:x:1\0done")]
+    assert rest == len(whole)
+    assert P.decode_packets(data, lambda t, p: None, rest) == rest  # nothing more yet
+
+
+def test_decode_packets_refuses_the_wrong_magic() -> None:
+    with pytest.raises(P.BadMagic):
+        P.decode_packets(P.request(P.ECHO_REQ, b"x"), lambda t, p: None)
+    assert P.responses(P.request(P.ECHO_REQ, b"x"), magic=P.REQ) == [(P.ECHO_REQ, b"x")]
+
+
+def test_responses_wants_whole_packets() -> None:
+    assert P.responses(b"") == []
+    assert P.responses(P.NOOP_PACKET * 2) == [(P.NOOP, b""), (P.NOOP, b"")]
+    with pytest.raises(ValueError, match="truncated"):
+        P.responses(P.packet(P.ECHO_RES, b"abc")[:-1])
+
+
+def test_packet_accessors() -> None:
+    data = P.packet(P.WORK_FAIL, b"H:n1:7")
+    assert P.packet_type(data) == P.WORK_FAIL and P.packet_type(b"\0RES") == 0
+    assert P.payload_of(data) == b"H:n1:7"
+    assert P.first_arg(P.packet(P.WORK_COMPLETE, b"H:n1:7\0result")) == b"H:n1:7"
+    assert P.first_arg(data) == b"H:n1:7"
+    assert P.HEADER_SIZE == 12 and P.HEADER.unpack_from(data) == (P.RES, P.WORK_FAIL, 6)

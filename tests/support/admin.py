@@ -1,8 +1,11 @@
-"""Admin text-protocol queries used to synchronise tests with server state."""
+"""Admin text-protocol queries used to synchronise tests with server state:
+the one admin client of the tests (``gearadmin_status`` asks the real
+``gearadmin`` CLI, for tests that compare against what operators see)."""
 
 from __future__ import annotations
 
 import ssl
+import subprocess
 
 from tests.support.rawclient import RawClient
 from tests.support.waiting import wait_until
@@ -56,3 +59,15 @@ def wait_for_status(
 def connection_count(address: Address) -> int:
     """Open connections the server knows of, including the asking one."""
     return len(admin_list(address, "workers"))
+
+
+def gearadmin_status(port: int) -> dict[str, tuple[int, int, int]]:
+    """`gearadmin --status` as {function: (total, running, workers)}."""
+    out = subprocess.run(["gearadmin", "-h", "127.0.0.1", "-p", str(port), "--status"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4:
+            rows[parts[0]] = (int(parts[1]), int(parts[2]), int(parts[3]))
+    return rows

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cluster.etcdkeys import nodes_prefix, range_end
 from cluster.memberinfo import MemberInfo
 from cluster.partition import PartitionMap
 from tests.support.etcd import EtcdServer
@@ -191,8 +192,8 @@ class Cluster:
     # -- etcd view -------------------------------------------------------
     def members(self) -> dict[str, MemberInfo]:
         """The member records in etcd right now (node id → info)."""
-        key = (self.prefix + "/nodes/").encode()
-        end = key[:-1] + bytes([key[-1] + 1])
+        key = nodes_prefix(self.prefix)
+        end = range_end(key)
         body = json.dumps({
             "key": base64.b64encode(key).decode(),
             "range_end": base64.b64encode(end).decode(),

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,14 +22,9 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.servers import free_port
+
 ETCD_BINARY = os.environ.get("GEARMESH_TEST_ETCD", "/usr/bin/etcd")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class EtcdServer:

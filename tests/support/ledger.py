@@ -14,26 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import threading
 from collections import Counter
 from collections.abc import Iterable
 
-_HEADER = struct.Struct(">4sII")
-_REQ = b"\0REQ"
-
-CAN_DO = 1
-PRE_SLEEP = 4
-NOOP = 6
-GRAB_JOB_UNIQ = 30
-JOB_ASSIGN_UNIQ = 31
-NO_JOB = 10
-WORK_COMPLETE = 13
-
-
-def packet(ptype: int, *args: bytes) -> bytes:
-    payload = b"\0".join(args)
-    return _HEADER.pack(_REQ, ptype, len(payload)) + payload
+from node.protocol import (
+    CAN_DO,
+    GRAB_JOB_UNIQ,
+    HEADER,
+    HEADER_SIZE,
+    JOB_ASSIGN_UNIQ,
+    NO_JOB,
+    NOOP,
+    PRE_SLEEP,
+    WORK_COMPLETE,
+)
+from node.protocol import request as packet
 
 
 class Ledger:
@@ -119,11 +115,12 @@ class LedgerWorker(threading.Thread):
 
     def _recv(self) -> tuple[int, bytes] | None:
         while True:
-            if len(self._buf) >= 12:
-                _, ptype, size = _HEADER.unpack_from(self._buf)
-                if len(self._buf) >= 12 + size:
-                    payload = bytes(self._buf[12 : 12 + size])
-                    del self._buf[: 12 + size]
+            if len(self._buf) >= HEADER_SIZE:
+                _, ptype, size = HEADER.unpack_from(self._buf)
+                end = HEADER_SIZE + size
+                if len(self._buf) >= end:
+                    payload = bytes(self._buf[HEADER_SIZE:end])
+                    del self._buf[:end]
                     return ptype, payload
             # The timeout only bounds a hung server; stop() wakes us by shutdown.
             self.sock.settimeout(1.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -17,18 +16,6 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def gearadmin_status(port: int) -> dict[str, tuple[int, int, int]]:
-    """`gearadmin --status` as {function: (total, running, workers)}."""
-    out = subprocess.run(["gearadmin", "-h", "127.0.0.1", "-p", str(port), "--status"],
-                         capture_output=True, text=True, timeout=10, check=True).stdout
-    rows = {}
-    for line in out.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 4:
-            rows[parts[0]] = (int(parts[1]), int(parts[2]), int(parts[3]))
-    return rows
 
 
 def request(url: str, body: Mapping[str, Any] | None = None,

@@ -11,7 +11,6 @@ test_cluster.py.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -26,8 +25,6 @@ from node.dispatch import Dispatcher
 from node.jobs import JobManager, ManagerConfig
 from node.session import Session
 from node.stats import Counters
-
-_HEADER = struct.Struct(">4sII")
 
 
 class Clock:
@@ -109,13 +106,9 @@ class Conn:
             self.d.handle(self.session, ev[0], ev[1])
 
     def recv(self) -> list[tuple[int, bytes]]:
-        data, pos, got = bytes(self.out), 0, []
+        data = bytes(self.out)
         self.out.clear()
-        while pos < len(data):
-            _, ptype, size = _HEADER.unpack_from(data, pos)
-            got.append((ptype, data[pos + 12:pos + 12 + size]))
-            pos += 12 + size
-        return got
+        return P.responses(data)
 
     def close(self) -> None:
         self.d.detach(self.session)

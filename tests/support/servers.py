@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from node import protocol as P
 
 SERVER_ENV = "GEARMESH_TEST_SERVER"
 GEARMESH = "gearmesh"
@@ -60,8 +61,8 @@ def _echo_roundtrip(port: int, timeout: float, tls: ssl.SSLContext | None = None
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
             sock = tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls else raw
-            sock.sendall(b"\0REQ" + struct.pack(">II", 16, len(token)) + token)
-            want = b"\0RES" + struct.pack(">II", 17, len(token)) + token
+            sock.sendall(P.request(P.ECHO_REQ, token))
+            want = P.packet(P.ECHO_RES, token)
             got = b""
             while len(got) < len(want):
                 chunk = sock.recv(len(want) - len(got))
